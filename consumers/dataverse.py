@@ -1,0 +1,182 @@
+"""Writes mapped changes to Dataverse: batched reads for the convergence check, then one $batch of upserts."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from consumers.target import APPLIED, SKIPPED, Result, from_error
+from dualwrite import odata
+from dualwrite.dataverse import COMPANY_LOOKUP, DataverseClient, LookupCache
+from dualwrite.errors import DualWriteError, MissingReferenceError
+from dualwrite.mapping import LookupRef, TargetWrite, changed_fields
+from dualwrite.tablemap import TableMap
+
+_CHUNK = 40
+
+
+class DataverseTarget:
+    def __init__(self, client: DataverseClient, maps: dict[str, TableMap], lookups: LookupCache) -> None:
+        self.client = client
+        self.maps = maps
+        self.lookups = lookups
+
+    def close(self) -> None:
+        self.client.close()
+
+    def apply_batch(self, writes: list[TargetWrite]) -> list[Result]:
+        results: list[Result | None] = [None] * len(writes)
+        parts: list[odata.BatchPart] = []
+        owners: list[tuple[int, TargetWrite]] = []
+        by_map: dict[str, list[int]] = defaultdict(list)
+        for i, w in enumerate(writes):
+            by_map[w.map_name].append(i)
+        for map_name, idxs in by_map.items():
+            m = self.maps[map_name]
+            try:
+                current = self._current_rows(m, [writes[i] for i in idxs])
+            except DualWriteError as exc:
+                for i in idxs:
+                    results[i] = from_error(exc)
+                continue
+            for i in idxs:
+                w = writes[i]
+                try:
+                    part = self._plan(m, w, current.get(_ident(w)))
+                except DualWriteError as exc:
+                    results[i] = from_error(exc)
+                    continue
+                if part is None:
+                    results[i] = SKIPPED
+                else:
+                    parts.append(part)
+                    owners.append((i, w))
+        if parts:
+            try:
+                answers = self.client.batch(parts)
+            except DualWriteError as exc:
+                for i, _ in owners:
+                    results[i] = from_error(exc)
+                answers = []
+            for (i, w), part, answer in zip(owners, parts, answers, strict=False):
+                results[i] = self._result(w, part, answer)
+        return [r if r is not None else SKIPPED for r in results]
+
+    def _company_guid(self, company: str) -> str:
+        guid = self.lookups.company_id(company)
+        if guid is None:
+            raise MissingReferenceError(f"company {company!r} is not in cdm_companies yet")
+        return guid
+
+    def _current_rows(
+        self, m: TableMap, writes: list[TargetWrite]
+    ) -> dict[tuple[str, tuple[str, ...]], dict[str, Any]]:
+        """The target rows the writes address, by (company, lower-cased key)."""
+        dv = m.dataverse
+        select = [dv.primary_key] + sorted(
+            {f.dataverse for f in m.fields if f.dataverse and f.lookup is None}
+            | {f"_{f.dataverse}_value" for f in m.fields if f.dataverse and f.lookup is not None}
+        )
+        found: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+        by_company: dict[str, list[TargetWrite]] = defaultdict(list)
+        for w in writes:
+            by_company[w.company].append(w)
+        for company, group in by_company.items():
+            scope = ""
+            if dv.company_lookup is not None:
+                scope = f" and _{dv.company_lookup}_value eq {self._company_guid(company)}"
+            for start in range(0, len(group), _CHUNK):
+                chunk = group[start : start + _CHUNK]
+                keys = " or ".join(
+                    "(" + " and ".join(f"{k} eq {odata.literal(v)}" for k, v in w.key.items()) + ")" for w in chunk
+                )
+                for row in self.client.query(dv.entity_set, f"({keys}){scope}", select):
+                    found[(company, tuple(str(row.get(k, "")).lower() for k in dv.key))] = row
+        return found
+
+    def _resolve(self, ref: LookupRef) -> str:
+        company_id = self._company_guid(ref.company) if ref.company else None
+        guid = self.lookups.resolve(ref.entity_set, ref.key_field, [ref.value], company_id).get(ref.value)
+        if guid is None:
+            where = f" in company {ref.company}" if ref.company else ""
+            raise MissingReferenceError(f"{ref.entity_set} row {ref.key_field}={ref.value!r}{where} does not exist yet")
+        return guid
+
+    def _plan(self, m: TableMap, w: TargetWrite, row: dict[str, Any] | None) -> odata.BatchPart | None:
+        dv = m.dataverse
+        if w.op == "delete":
+            if row is None:
+                return None
+            return odata.BatchPart("DELETE", f"{dv.entity_set}({row[dv.primary_key]})")
+        desired: dict[str, Any] = dict(w.values)
+        binds: dict[str, str | None] = {}
+        for nav, ref in w.lookups.items():
+            guid = None if ref is None else self._resolve(ref)
+            desired[f"_{nav}_value"] = guid
+            binds[nav] = guid
+        changed = changed_fields(desired, row or {})
+        if row is not None and not changed:
+            return None
+        body: dict[str, Any] = {}
+        for name, value in (changed if row is not None else desired).items():
+            if name.startswith("_") and name.endswith("_value"):
+                nav = name[1:-6]
+                target_set = dv.entity_set if nav not in w.lookups else _set_of(w.lookups[nav], nav)
+                body[f"{nav}@odata.bind"] = None if value is None else f"/{target_set}({value})"
+            else:
+                body[name] = value
+        if row is not None:
+            return odata.BatchPart(
+                "PATCH", f"{dv.entity_set}({row[dv.primary_key]})", body, {"If-Match": row.get("@odata.etag", "*")}
+            )
+        key = dict(w.key)
+        raw: frozenset[str] = frozenset()
+        if dv.company_lookup is not None:
+            key[dv.company_lookup] = self._company_guid(w.company)
+            raw = frozenset({dv.company_lookup})
+        return odata.BatchPart("PATCH", odata.key_segment(dv.entity_set, key, raw), body, {"If-None-Match": "*"})
+
+    def _result(self, w: TargetWrite, part: odata.BatchPart, answer: odata.PartResult) -> Result:
+        what = f"Dataverse {part.method} {part.url}"
+        if answer.status == 404 and part.method == "DELETE":
+            return SKIPPED  # already gone: the delete converged
+        if answer.status == 404:
+            # A bound row vanished since we cached its GUID; resolve afresh next time.
+            for ref in w.lookups.values():
+                if ref is not None:
+                    self.lookups.drop_table(ref.entity_set)
+            return from_error(MissingReferenceError(f"{what}: a lookup target is missing ({answer.text[:200]})"))
+        error = answer.error(what)
+        if error is not None:
+            return from_error(error)
+        entity_id = answer.headers.get("odata-entityid")
+        if entity_id and part.method == "PATCH" and "If-None-Match" in part.headers:
+            _remember_created(self.lookups, part.url, entity_id, w)
+        return APPLIED
+
+
+def _set_of(ref: LookupRef | None, nav: str) -> str:
+    return ref.entity_set if ref is not None else nav
+
+
+def _ident(w: TargetWrite) -> tuple[str, tuple[str, ...]]:
+    return w.company, tuple(str(v).lower() for v in w.key.values())
+
+
+def _remember_created(cache: LookupCache, url: str, entity_id: str, w: TargetWrite) -> None:
+    guid = entity_id.rsplit("(", 1)[-1].rstrip(")")
+    try:
+        uuid.UUID(guid)
+    except ValueError:
+        return
+    entity_set = url.split("(", 1)[0]
+    if len(w.key) == 1:
+        ((field, value),) = w.key.items()
+        company_id = None
+        if entity_set != "cdm_companies":
+            company_id = cache.company_id(w.company)
+        cache.remember(entity_set, field, value, guid, company_id)
+
+
+__all__ = ["COMPANY_LOOKUP", "DataverseTarget"]

@@ -1,0 +1,66 @@
+"""Durable producer checkpoints in a compacted Kafka topic (delta links, snapshot marks, id index)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import TopicPartition
+
+from dualwrite import kafka
+from dualwrite.config import KafkaConfig
+from dualwrite.errors import RetryableError
+
+
+class CheckpointStore:
+    """Key -> value strings; `put` returns only after the broker acknowledged the write."""
+
+    def __init__(self, cfg: KafkaConfig) -> None:
+        self.cfg = cfg
+        self.topic = kafka.checkpoint_topic(cfg.topic_prefix)
+        self.producer = kafka.producer(cfg, linger_ms=0)
+        self.values: dict[str, str] = {}
+
+    def load(self, idle_s: float = 1.0) -> dict[str, str]:
+        c = kafka.consumer(self.cfg, f"{self.cfg.topic_prefix}.checkpoint-reader.{uuid.uuid4().hex}")
+        try:
+            meta = c.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            if meta is None or meta.error is not None:
+                return self.values
+            parts = [TopicPartition(self.topic, p, 0) for p in meta.partitions]
+            ends = {p.partition: c.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+            c.assign(parts)
+            last = time.monotonic()
+            while time.monotonic() - last < idle_s:
+                msg = c.poll(0.1)
+                if msg is None or msg.error():
+                    if all(e == 0 for e in ends.values()):
+                        break
+                    continue
+                last = time.monotonic()
+                key = (msg.key() or b"").decode()
+                value = msg.value()
+                if value is None:
+                    self.values.pop(key, None)
+                else:
+                    self.values[key] = value.decode()
+        finally:
+            c.close()
+        return self.values
+
+    def get(self, key: str) -> str | None:
+        return self.values.get(key)
+
+    def put_many(self, items: dict[str, str | None]) -> None:
+        for key, value in items.items():
+            self.producer.produce(self.topic, key=key.encode(), value=None if value is None else value.encode())
+        if self.producer.flush(30):
+            raise RetryableError("checkpoint not acknowledged by the broker")
+        for key, value in items.items():
+            if value is None:
+                self.values.pop(key, None)
+            else:
+                self.values[key] = value
+
+    def close(self) -> None:
+        self.producer.flush(10)

@@ -1,0 +1,212 @@
+"""The `dualwrite` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dualwrite.config import Config, load_config
+from dualwrite.errors import DualWriteError
+
+DEFAULT_STATE = Path(".dualwrite")
+
+
+def _config(path: Path | None) -> Config:
+    if path is None and (DEFAULT_STATE / "config.yaml").is_file():
+        path = DEFAULT_STATE / "config.yaml"
+    return load_config(path)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+def cli(verbose: bool) -> None:
+    """Kafka-native two-way sync between Dynamics 365 F&O and Dataverse."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@cli.command()
+@click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE, show_default=True)
+@click.option("--keep-data", is_flag=True, help="Keep the stand-ins' SQLite data from the last run.")
+@click.option("--broker-port", type=int, default=0, help="Default: a free port.")
+@click.option("--registry-port", type=int, default=0)
+@click.option("--token-port", type=int, default=0)
+@click.option("--fo-port", type=int, default=0)
+@click.option("--dataverse-port", type=int, default=0)
+@click.option("--fo-events-port", type=int, default=0)
+def up(state_dir: Path, keep_data: bool, **ports: int) -> None:
+    """Run the whole stack locally on embedded defaults until Ctrl-C."""
+    from dualwrite.stack import Ports, Stack
+
+    given = {k.removesuffix("_port"): v for k, v in ports.items()}
+    stack = Stack(state_dir, Ports(**given), keep_data)  # type: ignore[arg-type]
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        urls = stack.start()
+        click.echo("dualwrite is up:")
+        for name, url in urls.items():
+            if isinstance(url, dict):
+                for sub, u in url.items():
+                    click.echo(f"  {name + ' ' + sub:<32} {u}")
+            else:
+                click.echo(f"  {name:<32} {url}")
+        click.echo(f"(also in {state_dir / 'stack.json'}; Ctrl-C stops everything)")
+        died = stack.watch(stop)
+        if died:
+            raise DualWriteError(f"{died} exited unexpectedly; see {state_dir / (died + '.log')}")
+    finally:
+        stack.stop()
+    click.echo("dualwrite stopped.")
+
+
+@cli.command()
+@click.argument(
+    "component", type=click.Choice(["fo-producer", "dataverse-producer", "consumer-dataverse", "consumer-fo"])
+)
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config file.")
+def run(component: str, config_path: Path | None) -> None:
+    """Run one component in the foreground (one Deployment each in production)."""
+    from dualwrite.components import build, enabled_maps, prepare, run_until_signalled
+
+    cfg = _config(config_path)
+    maps = enabled_maps(cfg)
+    prepare(cfg, maps)
+    run_until_signalled(build(component, cfg, maps))
+
+
+@cli.command()
+@click.argument("kind", type=click.Choice(["fo", "dataverse", "registry", "token"]))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, required=True)
+@click.option("--db", default=":memory:", show_default=True, help="SQLite file.")
+@click.option("--seed/--no-seed", default=False, help="Load demo data (F&O and Dataverse).")
+@click.option("--event-endpoint", multiple=True, help="F&O: URL that receives data events.")
+def standin(kind: str, host: str, port: int, db: str, seed: bool, event_endpoint: tuple[str, ...]) -> None:
+    """Serve one stand-in of an external system (for development and tests)."""
+    from dualwrite.server import serve_forever
+
+    app: Any
+    if kind == "fo":
+        from standins import fo
+
+        app = fo.create_app(fo.Settings(db_path=db, seed=seed, event_endpoints=list(event_endpoint)))
+    elif kind == "dataverse":
+        from standins import dataverse
+
+        app = dataverse.create_app(dataverse.Settings(db_path=db, seed=seed))
+    elif kind == "registry":
+        from standins import registry
+
+        app = registry.create_app(registry.Settings(db_path=db))
+    else:
+        from standins import token
+
+        app = token.create_app()
+    serve_forever(app, host, port)
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(config_path: Path | None, as_json: bool) -> None:
+    """Per map and direction: state, consumer lag, records applied, records in the DLQ."""
+    from dualwrite.report import collect
+
+    rows = collect(_config(config_path))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = f"{'map':<18}{'direction':<22}{'state':<10}{'lag':>8}{'applied':>10}{'skipped':>10}{'dlq':>8}"
+    click.echo(header)
+    for r in rows:
+        click.echo(
+            f"{r['map']:<18}{r['direction']:<22}{r['state']:<10}{r['lag']:>8}{r['applied']:>10}"
+            f"{r['skipped']:>10}{r['dlq']:>8}"
+        )
+
+
+@cli.group()
+def dlq() -> None:
+    """List and replay dead-lettered records."""
+
+
+@dlq.command("list")
+@click.argument("topic")
+@click.option("--config", "config_path", type=click.Path(path_type=Path))
+def dlq_list(topic: str, config_path: Path | None) -> None:
+    """Show the records in a DLQ topic (e.g. dualwrite.fo.customersv3.dlq)."""
+    from dualwrite import dlq as dead
+
+    cfg = _config(config_path)
+    for d in dead.read_all(cfg.kafka, topic):
+        h = d.headers
+        click.echo(
+            f"{d.partition}/{d.offset} key={(d.key or b'').decode(errors='replace')} "
+            f"map={h.get('dualwrite.map', '')} from={h.get('dualwrite.original.topic', '')}"
+            f"[{h.get('dualwrite.original.partition', '')}]@{h.get('dualwrite.original.offset', '')} "
+            f"attempts={h.get('dualwrite.attempts', '')} error={h.get('dualwrite.error.class', '')}: "
+            f"{h.get('dualwrite.error.message', '')}"
+        )
+
+
+@dlq.command("replay")
+@click.argument("topic")
+@click.option("--offset", "offsets", type=int, multiple=True, help="Only these DLQ offsets (default: all).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path))
+def dlq_replay(topic: str, offsets: tuple[int, ...], config_path: Path | None) -> None:
+    """Send dead-lettered records back to their original topic to be applied again."""
+    from dualwrite import dlq as dead
+    from dualwrite import kafka
+
+    cfg = _config(config_path)
+    letters = [d for d in dead.read_all(cfg.kafka, topic) if not offsets or d.offset in offsets]
+    n = dead.replay(cfg.kafka, kafka.producer(cfg.kafka), letters)
+    click.echo(f"replayed {n} record(s) from {topic}")
+
+
+@cli.command("maps")
+@click.option("--config", "config_path", type=click.Path(path_type=Path))
+def maps_cmd(config_path: Path | None) -> None:
+    """List the enabled table maps in the order they run."""
+    from dualwrite.components import enabled_maps
+    from dualwrite.order import dependency_order
+
+    maps = enabled_maps(_config(config_path))
+    for name in dependency_order(maps):
+        m = maps[name]
+        click.echo(f"{name:<18} {m.fo.entity_set} <-> {m.dataverse.entity_set}  ({len(m.fields)} fields)")
+
+
+def main() -> None:
+    """Entry point: DualWriteError ends with one clear line and exit code 2, never a stack trace."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except DualWriteError as exc:
+        click.echo(f"dualwrite: error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # process boundary: one line, the details in the log at -v
+        logging.getLogger("dualwrite").debug("unexpected failure", exc_info=True)
+        click.echo(f"dualwrite: unexpected error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Dead-letter topics: what a failed record carries, and listing and replaying them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
+
+from dualwrite.config import KafkaConfig
+from dualwrite.errors import DualWriteError, RetryableError
+from dualwrite.kafka import consumer as make_consumer
+from dualwrite.kafka import dlq_topic
+
+H = "dualwrite."
+
+
+def headers_for(
+    msg: Message, error: DualWriteError, map_name: str, direction: str, attempts: int
+) -> list[tuple[str, bytes]]:
+    """The original headers plus ours: the error, the map, the attempt count and where the record came from."""
+    original: list[tuple[str, bytes]] = []
+    for k, v in msg.headers() or []:  # type: ignore[str-unpack]
+        if v is not None:
+            original.append((k, v if isinstance(v, bytes) else str(v).encode()))
+    ours = {
+        "error.class": type(error).__name__,
+        "error.kind": "retries-exhausted" if isinstance(error, RetryableError) else "permanent",
+        "error.message": str(error)[:2000],
+        "map": map_name,
+        "direction": direction,
+        "attempts": str(attempts),
+        "original.topic": msg.topic() or "",
+        "original.partition": str(msg.partition()),
+        "original.offset": str(msg.offset()),
+        "original.timestamp": str(msg.timestamp()[1]),
+        "failed.at": str(int(time.time() * 1000)),
+    }
+    drop = {H + k for k in ours}
+    return [(k, v) for k, v in original if k not in drop] + [(H + k, v.encode()) for k, v in ours.items()]
+
+
+def dead_letter(
+    producer: Producer, msg: Message, error: DualWriteError, map_name: str, direction: str, attempts: int
+) -> None:
+    """Queue the original key and bytes to `<topic>.dlq`; the caller flushes before committing."""
+    producer.produce(
+        dlq_topic(msg.topic() or ""),
+        key=msg.key(),
+        value=msg.value(),
+        headers=headers_for(msg, error, map_name, direction, attempts),  # type: ignore[arg-type]
+    )
+
+
+@dataclass
+class DeadLetter:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+
+    @property
+    def original_topic(self) -> str:
+        return self.headers.get(H + "original.topic", self.topic.removesuffix(".dlq"))
+
+
+def read_all(cfg: KafkaConfig, topic: str, idle_s: float = 1.5) -> Iterator[DeadLetter]:
+    """Every record in a DLQ topic, oldest first (reads without a consumer group)."""
+    c: Consumer = make_consumer(cfg, group_id=f"dualwrite-dlq-reader-{time.time_ns()}")
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise DualWriteError(f"topic {topic} does not exist")
+        c.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+        last = time.monotonic()
+        while time.monotonic() - last < idle_s:
+            msg = c.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            last = time.monotonic()
+            hdrs = {  # type: ignore[str-unpack]
+                k: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v or "")
+                for k, v in msg.headers() or []
+            }
+            yield DeadLetter(
+                msg.topic() or topic, msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(), hdrs
+            )
+    finally:
+        c.close()
+
+
+def replay(cfg: KafkaConfig, producer: Producer, letters: list[DeadLetter]) -> int:
+    """Send the original bytes back to their original topic; the consumer applies them again."""
+    for d in letters:
+        headers: list[tuple[str, Any]] = [(k, v.encode()) for k, v in d.headers.items() if not k.startswith(H)]
+        headers.append((H + "replay.of", f"{d.topic}/{d.partition}/{d.offset}".encode()))
+        producer.produce(d.original_topic, key=d.key, value=d.value, headers=headers)
+    remaining = producer.flush(30)
+    if remaining:
+        raise DualWriteError(f"{remaining} replayed record(s) were not acknowledged by the broker")
+    return len(letters)

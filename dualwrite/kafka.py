@@ -1,0 +1,107 @@
+"""Kafka plumbing: topic names, topic creation through the admin API, and client factories."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from dualwrite.config import KafkaConfig
+from dualwrite.errors import ConfigError
+from dualwrite.tablemap import TableMap
+
+
+def topic(prefix: str, side: str, entity_set: str) -> str:
+    return f"{prefix}.{side}.{entity_set.lower()}"
+
+
+def dlq_topic(source_topic: str) -> str:
+    return f"{source_topic}.dlq"
+
+
+def checkpoint_topic(prefix: str) -> str:
+    return f"{prefix}.checkpoints"
+
+
+def status_topic(prefix: str) -> str:
+    return f"{prefix}.status"
+
+
+def map_topics(prefix: str, m: TableMap) -> dict[str, str]:
+    """Source topic per side of one map: {'fo': ..., 'dataverse': ...}."""
+    return {"fo": topic(prefix, "fo", m.fo.entity_set), "dataverse": topic(prefix, "dataverse", m.dataverse.entity_set)}
+
+
+def _base(cfg: KafkaConfig) -> dict[str, Any]:
+    return {"bootstrap.servers": cfg.bootstrap_servers, **cfg.client}
+
+
+def admin(cfg: KafkaConfig) -> AdminClient:
+    return AdminClient(_base(cfg))
+
+
+def check_reachable(cfg: KafkaConfig, timeout_s: float = 5.0) -> None:
+    """Fail fast with one clear line when no broker answers."""
+    client = AdminClient({**_base(cfg), "log_level": 0})
+    try:
+        client.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise ConfigError(
+            f"kafka.bootstrap_servers: no Kafka broker answered at {cfg.bootstrap_servers} within "
+            f"{timeout_s:.0f} s ({exc.args[0].str() if exc.args else exc})"
+        ) from None
+
+
+def ensure_topics(cfg: KafkaConfig, maps: list[TableMap]) -> list[str]:
+    """Create every source topic with its `.dlq`, plus the compacted control topics; return what was created."""
+    wanted: dict[str, NewTopic] = {}
+    for m in maps:
+        for source in map_topics(cfg.topic_prefix, m).values():
+            wanted[source] = NewTopic(source, cfg.partitions, cfg.replication_factor)
+            wanted[dlq_topic(source)] = NewTopic(dlq_topic(source), 1, cfg.replication_factor)
+    for compacted in (checkpoint_topic(cfg.topic_prefix), status_topic(cfg.topic_prefix)):
+        wanted[compacted] = NewTopic(compacted, 1, cfg.replication_factor, config={"cleanup.policy": "compact"})
+    client = admin(cfg)
+    check_reachable(cfg)
+    existing = set(client.list_topics(timeout=10).topics)
+    missing = [t for name, t in wanted.items() if name not in existing]
+    if not missing:
+        return []
+    created = []
+    for name, future in client.create_topics(missing, operation_timeout=10).items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
+                continue
+            raise ConfigError(f"cannot create topic {name}: {exc}") from None
+    return created
+
+
+def producer(cfg: KafkaConfig, **overrides: Any) -> Producer:
+    """An idempotent producer: acks=all, no duplicates on retry, ordering kept per partition."""
+    settings = {
+        **_base(cfg),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "none",
+        **overrides,
+    }
+    return Producer(settings)
+
+
+def consumer(cfg: KafkaConfig, group_id: str, session_timeout_ms: int = 6000, **overrides: Any) -> Consumer:
+    settings = {
+        **_base(cfg),
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": max(500, session_timeout_ms // 6),
+        "partition.assignment.strategy": "cooperative-sticky",
+        **overrides,
+    }
+    return Consumer(settings)

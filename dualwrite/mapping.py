@@ -1,0 +1,166 @@
+"""The table-map engine: a change event in, the write it asks of the other side out. Pure: no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from dualwrite.envelope import ChangeEvent, Op, Side
+from dualwrite.errors import MappingError
+from dualwrite.tablemap import FieldMap, TableMap
+
+COMPANY_TABLE = "cdm_companies"
+COMPANY_KEY = "cdm_companycode"
+
+
+@dataclass(frozen=True)
+class LookupRef:
+    """A Dataverse row referred to by alternate key: `entity_set(key_field=value[, company])`."""
+
+    entity_set: str
+    key_field: str
+    value: Any
+    company: str | None = None
+
+
+@dataclass(frozen=True)
+class TargetWrite:
+    """What one change event asks of the target: an upsert of `values` (and `lookups`) or a delete."""
+
+    map_name: str
+    towards: Side
+    op: Literal["upsert", "delete"]
+    company: str
+    key: dict[str, Any]
+    values: dict[str, Any] = field(default_factory=dict)
+    lookups: dict[str, LookupRef | None] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> tuple[str, tuple[Any, ...]]:
+        return self.company, tuple(self.key.values())
+
+
+def natural_key(event: ChangeEvent) -> list[str]:
+    """The natural-key values of an event (its Kafka key without the company)."""
+    return event.key.split("|")[1:]
+
+
+def source_side(event: ChangeEvent) -> Side:
+    return event.origin.side
+
+
+def passes_filter(filter_: dict[str, Any], row: dict[str, Any]) -> bool:
+    return all(_same(row.get(name), wanted) for name, wanted in filter_.items())
+
+
+def map_event(table_map: TableMap, event: ChangeEvent) -> TargetWrite | None:
+    """Translate `event` for the other side; None when the source filter leaves the row out."""
+    towards = source_side(event).other
+    if towards is Side.DATAVERSE:
+        target_keys, source_filter = table_map.dataverse.key, table_map.fo.filter
+    else:
+        target_keys, source_filter = table_map.fo.key, table_map.dataverse.filter
+    parts = natural_key(event)
+    if len(parts) != len(target_keys):
+        raise MappingError(f"key {event.key!r} does not have the {len(target_keys)} part(s) of map {table_map.name}")
+    key = dict(zip(target_keys, parts, strict=True))
+    if event.op is Op.DELETE or event.after is None:
+        return TargetWrite(table_map.name, towards, "delete", event.company, key)
+    if not passes_filter(source_filter, event.after):
+        return None
+    if towards is Side.DATAVERSE:
+        return _to_dataverse(table_map, event, key)
+    return _to_fo(table_map, event, key)
+
+
+def _to_dataverse(table_map: TableMap, event: ChangeEvent, key: dict[str, Any]) -> TargetWrite:
+    row = event.after or {}
+    values: dict[str, Any] = {}
+    lookups: dict[str, LookupRef | None] = {}
+    for f in table_map.fields_towards("dataverse"):
+        assert f.dataverse is not None
+        if f.fo is None:
+            values[f.dataverse] = f.default
+            continue
+        value = _translate(f, row.get(f.fo), forward=True)
+        if f.lookup is not None:
+            lookups[f.dataverse] = (
+                None
+                if _blank(value)
+                else LookupRef(f.lookup.entity_set, f.lookup.key, value, event.company if f.lookup.company else None)
+            )
+        else:
+            values[f.dataverse] = value
+    dv = table_map.dataverse
+    if dv.company_lookup is not None:
+        lookups[dv.company_lookup] = LookupRef(COMPANY_TABLE, COMPANY_KEY, event.company)
+    for k, v in key.items():
+        if not _same(values.get(k), v):
+            raise MappingError(f"key field {k}={values.get(k)!r} differs from the event key {v!r}")
+    return TargetWrite(table_map.name, Side.DATAVERSE, "upsert", event.company, key, values, lookups)
+
+
+def _to_fo(table_map: TableMap, event: ChangeEvent, key: dict[str, Any]) -> TargetWrite:
+    row = event.after or {}
+    values: dict[str, Any] = {}
+    for f in table_map.fields_towards("fo"):
+        assert f.fo is not None
+        if f.dataverse is None:
+            values[f.fo] = f.default
+            continue
+        values[f.fo] = _translate(f, row.get(f.dataverse), forward=False)
+    company_field = table_map.fo.company_field
+    if company_field not in table_map.fo.key:
+        values[company_field] = event.company
+    for k, v in key.items():
+        if not _same(values.get(k), v):
+            raise MappingError(f"key field {k}={values.get(k)!r} differs from the event key {v!r}")
+    return TargetWrite(table_map.name, Side.FO, "upsert", event.company, key, values)
+
+
+def _translate(f: FieldMap, value: Any, forward: bool) -> Any:
+    """Apply the field's value map (F&O -> Dataverse when forward), refusing values it does not know."""
+    if f.values is None or value is None:
+        return value
+    if forward:
+        for fo_value, dv_value in f.values.items():
+            if _same(fo_value, value):
+                return dv_value
+        known = ", ".join(repr(v) for v in f.values)
+        raise MappingError(f"{f.fo}: value {value!r} has no Dataverse counterpart in the value map ({known})")
+    for fo_value, dv_value in f.values.items():
+        if _same(dv_value, value):
+            return fo_value
+    known = ", ".join(repr(v) for v in f.values.values())
+    raise MappingError(f"{f.dataverse}: value {value!r} has no F&O counterpart in the value map ({known})")
+
+
+def _blank(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def normalize(value: Any) -> Any:
+    """One comparable form: '' and None alike, numbers as Decimal, strings as they are."""
+    if _blank(value):
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float | Decimal):
+        try:
+            return Decimal(str(value)).normalize()
+        except InvalidOperation:
+            return value
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    na, nb = normalize(a), normalize(b)
+    if isinstance(na, str) and isinstance(nb, Decimal | bool) or isinstance(nb, str) and isinstance(na, Decimal):
+        return str(na) == str(nb)
+    return bool(na == nb)
+
+
+def changed_fields(desired: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `desired` whose values differ from `current` (the convergence check)."""
+    return {k: v for k, v in desired.items() if not _same(v, current.get(k))}

@@ -1,0 +1,47 @@
+"""What `dualwrite status` shows: per map and direction, state, lag, applied and DLQ counts."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from consumers.loop import group_id
+from dualwrite import kafka, status
+from dualwrite.components import enabled_maps
+from dualwrite.config import Config
+from dualwrite.envelope import Side
+from dualwrite.order import dependency_order
+
+
+def collect(cfg: Config) -> list[dict[str, Any]]:
+    kafka.check_reachable(cfg.kafka)
+    maps = enabled_maps(cfg)
+    published = status.read_status(cfg.kafka)
+    rows = []
+    for towards in (Side.DATAVERSE, Side.FO):
+        direction = f"{towards.other.value}->{towards.value}"
+        sources = {name: kafka.map_topics(cfg.kafka.topic_prefix, m)[towards.other.value] for name, m in maps.items()}
+        lag = status.consumer_lag(cfg.kafka, group_id(cfg.kafka.topic_prefix, towards), list(sources.values()))
+        depth = status.topic_depth(cfg.kafka, [kafka.dlq_topic(t) for t in sources.values()])
+        instances = [s for s in published if s.get("direction") == direction]
+        alive = [
+            s for s in instances if s.get("state") == "running" and time.time() - s["time"] < status.ALIVE_WITHIN_S
+        ]
+        for name in dependency_order(maps):
+            counts: dict[str, int] = {}
+            for s in instances:
+                for outcome, n in s.get("maps", {}).get(name, {}).items():
+                    counts[outcome] = counts.get(outcome, 0) + n
+            rows.append(
+                {
+                    "map": name,
+                    "direction": direction,
+                    "topic": sources[name],
+                    "state": "running" if alive else "stopped",
+                    "lag": lag.get(sources[name], 0),
+                    "applied": counts.get("applied", 0),
+                    "skipped": counts.get("skipped_equal", 0) + counts.get("filtered", 0),
+                    "dlq": depth.get(kafka.dlq_topic(sources[name]), 0),
+                }
+            )
+    return rows

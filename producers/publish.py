@@ -1,0 +1,100 @@
+"""Publishing change events: serialize per topic, produce idempotently, wait for the broker's ack."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from confluent_kafka import KafkaError, Message
+
+from dualwrite import kafka, metrics, registry
+from dualwrite.config import Config
+from dualwrite.envelope import ChangeEvent
+from dualwrite.errors import RetryableError
+from dualwrite.tablemap import TableMap
+
+
+class Publisher:
+    """One idempotent producer for a side; `publish` returns after every event is acknowledged."""
+
+    def __init__(self, cfg: Config, side: str, maps: dict[str, TableMap]) -> None:
+        self.side = side
+        self.producer = kafka.producer(cfg.kafka)
+        reg = registry.client(cfg.schema_registry)
+        self.topics: dict[str, str] = {}
+        self.serializers: dict[str, registry.EventSerializer] = {}
+        for m in maps.values():
+            entity_set = m.fo.entity_set if side == "fo" else m.dataverse.entity_set
+            self.topics[entity_set] = kafka.map_topics(cfg.kafka.topic_prefix, m)[side]
+            self.serializers[entity_set] = registry.EventSerializer(reg, side, entity_set)
+        self._poller = threading.Thread(target=self._poll_forever, daemon=True, name=f"{side}-producer-poll")
+        self._stopping = threading.Event()
+        self._poller.start()
+
+    def _poll_forever(self) -> None:
+        while not self._stopping.is_set():
+            self.producer.poll(0.05)
+
+    def coerce(self, entity_set: str, row: dict[str, Any]) -> dict[str, Any]:
+        return self.serializers[entity_set].coerce_row(row)
+
+    def _produce(self, event: ChangeEvent, on_delivery: Any) -> None:
+        topic = self.topics[event.entity]
+        value = self.serializers[event.entity](topic, event.to_avro())
+        self.producer.produce(topic, key=event.key.encode(), value=value, on_delivery=on_delivery)
+
+    def publish(self, events: list[ChangeEvent], timeout_s: float = 30.0) -> None:
+        """Produce and block until all are acknowledged; RetryableError if any is not."""
+        if not events:
+            return
+        failures: list[str] = []
+        done = threading.Semaphore(0)
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                failures.append(str(err))
+            done.release()
+
+        for e in events:
+            self._produce(e, delivered)
+        for _ in events:
+            if not done.acquire(timeout=timeout_s):
+                raise RetryableError("broker did not acknowledge the change events in time")
+        if failures:
+            metrics.SOURCE_ERRORS.labels(self.side, "publish").inc(len(failures))
+            raise RetryableError(f"broker refused {len(failures)} change event(s): {failures[0]}")
+        for e in events:
+            metrics.PRODUCED.labels(self.side, e.entity, "published").inc()
+
+    async def publish_async(self, events: list[ChangeEvent], timeout_s: float = 30.0) -> None:
+        """`publish` for an asyncio handler: awaits the broker's acks without blocking the loop."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        for e in events:
+            fut: asyncio.Future[None] = loop.create_future()
+
+            def delivered(err: KafkaError | None, msg: Message, fut: asyncio.Future[None] = fut) -> None:
+                def settle() -> None:
+                    if fut.done():
+                        return
+                    if err is not None:
+                        fut.set_exception(RetryableError(f"broker refused the change event: {err}"))
+                    else:
+                        fut.set_result(None)
+
+                loop.call_soon_threadsafe(settle)
+
+            self._produce(e, delivered)
+            futures.append(fut)
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
+        except TimeoutError:
+            raise RetryableError("broker did not acknowledge the change events in time") from None
+        for e in events:
+            metrics.PRODUCED.labels(self.side, e.entity, "published").inc()
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._poller.join(timeout=2)
+        self.producer.flush(10)

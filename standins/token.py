@@ -1,0 +1,121 @@
+"""Stand-in of the Microsoft identity platform's OAuth2 client-credentials token endpoint.
+
+`POST /{tenant}/oauth2/v2.0/token` with a form body (grant_type=client_credentials, client_id,
+client_secret, scope) answers a signed JWT (HS256) as Entra ID does in shape: `token_type`,
+`expires_in`, `ext_expires_in`, `access_token`. The F&O and Dataverse stand-ins read the caller's
+identity (`oid`) from that token with `identity_from_header`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+DEFAULT_SIGNING_KEY = "dualwrite-standin-signing-key"
+DEFAULT_CLIENTS = {"dualwrite": "dualwrite-secret", "demo-user": "demo-secret"}
+TOKEN_LIFETIME_S = 3599
+_OID_NAMESPACE = uuid.UUID("6f1d3c64-2a4e-4a8e-9d0b-5b2f0d8c7e11")
+
+
+def object_id(client_id: str) -> str:
+    """The stable object id (user id in F&O and Dataverse stand-ins) of a client application."""
+    return str(uuid.uuid5(_OID_NAMESPACE, client_id))
+
+
+@dataclass(frozen=True)
+class Identity:
+    client_id: str
+    object_id: str
+    audience: str
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def issue_token(client_id: str, audience: str, tenant: str, signing_key: str, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    header = {"alg": "HS256", "typ": "JWT"}
+    claims = {
+        "aud": audience,
+        "iss": f"https://sts.windows.net/{tenant}/",
+        "iat": int(now),
+        "nbf": int(now),
+        "exp": int(now) + TOKEN_LIFETIME_S,
+        "appid": client_id,
+        "oid": object_id(client_id),
+        "tid": tenant,
+    }
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    sig = hmac.new(signing_key.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(sig)}"
+
+
+def identity_from_header(authorization: str | None, signing_key: str, now: float | None = None) -> Identity | None:
+    """The identity in a `Bearer` header, or None when absent, malformed, badly signed or expired."""
+    if not authorization or not authorization.startswith("Bearer "):
+        return None
+    token = authorization[len("Bearer ") :].strip()
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    expected = hmac.new(signing_key.encode(), f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256).digest()
+    try:
+        if not hmac.compare_digest(expected, _unb64(parts[2])):
+            return None
+        claims = json.loads(_unb64(parts[1]))
+    except (ValueError, json.JSONDecodeError):
+        return None
+    if (time.time() if now is None else now) >= claims.get("exp", 0):
+        return None
+    return Identity(client_id=claims.get("appid", ""), object_id=claims.get("oid", ""), audience=claims.get("aud", ""))
+
+
+def _error(status: int, error: str, description: str) -> JSONResponse:
+    return JSONResponse({"error": error, "error_description": description}, status_code=status)
+
+
+def create_app(clients: dict[str, str] | None = None, signing_key: str = DEFAULT_SIGNING_KEY) -> Starlette:
+    registered = dict(DEFAULT_CLIENTS if clients is None else clients)
+
+    async def token(request: Request) -> JSONResponse:
+        tenant = request.path_params["tenant"]
+        if "application/x-www-form-urlencoded" not in request.headers.get("content-type", ""):
+            return _error(400, "invalid_request", "AADSTS900144: The request body must be form-urlencoded.")
+        form = await request.form()
+        grant = form.get("grant_type")
+        if grant != "client_credentials":
+            return _error(400, "unsupported_grant_type", f"AADSTS70003: grant_type {grant!r} is not supported.")
+        client_id, secret, scope = form.get("client_id"), form.get("client_secret"), form.get("scope")
+        if not client_id or not isinstance(client_id, str):
+            return _error(400, "invalid_request", "AADSTS900144: The request body must contain 'client_id'.")
+        if not scope or not isinstance(scope, str):
+            return _error(400, "invalid_request", "AADSTS900144: The request body must contain 'scope'.")
+        if registered.get(client_id) != secret:
+            return _error(401, "invalid_client", "AADSTS7000215: Invalid client secret provided.")
+        audience = scope.split()[0].removesuffix("/.default")
+        access = issue_token(client_id, audience, tenant, signing_key)
+        return JSONResponse(
+            {
+                "token_type": "Bearer",
+                "expires_in": TOKEN_LIFETIME_S,
+                "ext_expires_in": TOKEN_LIFETIME_S,
+                "access_token": access,
+            }
+        )
+
+    return Starlette(routes=[Route("/{tenant}/oauth2/v2.0/token", token, methods=["POST"])])

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from consumers.target import Outcome, Result, Target
 from dualwrite import dlq, kafka, metrics
@@ -74,6 +74,7 @@ class ConsumerLoop:
         self._done_ahead: dict[tuple[str, int], set[int]] = {}
         self._retries: dict[tuple[str, int, int], _Retry] = {}
         self._block_offset: dict[tuple[str, int], int] = {}
+        self._lag_at = 0.0
         self.assigned = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -89,6 +90,7 @@ class ConsumerLoop:
                 if msgs:
                     self._process(msgs)
                 self.status.tick()
+                self._report_lag()
         finally:
             self.status.tick(force=True)
             self.consumer.close()
@@ -103,6 +105,26 @@ class ConsumerLoop:
             key = (tp.topic, tp.partition)
             self._blocked.pop(key, None)
             self._done_ahead.pop(key, None)
+
+    def _report_lag(self, every_s: float = 5.0) -> None:
+        """Set the lag gauge from this instance's partitions: end offset minus committed offset."""
+        now = time.monotonic()
+        if now - self._lag_at < every_s:
+            return
+        self._lag_at = now
+        try:
+            parts = self.consumer.assignment()
+            committed = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.committed(parts, timeout=5)}
+            lag: dict[str, int] = {t: 0 for t in self.routes}
+            for tp in parts:
+                low, high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+                done = committed.get((tp.topic, tp.partition), -1)
+                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - (done if done >= 0 else low))
+        except KafkaException as exc:
+            log.debug("lag not measured: %s", exc)
+            return
+        for topic, n in lag.items():
+            metrics.LAG.labels(topic, self.direction).set(n)
 
     # -- one batch ---------------------------------------------------------------------------
     def _process(self, msgs: list[Message]) -> None:

@@ -6,6 +6,7 @@ module reads the environment.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,9 @@ def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{name}: {part} is not a section")
-        node[path[-1]] = yaml.safe_load(value) if value else value
+        # Strings stay strings (a secret like '0123' or '@x' must not be reinterpreted); pydantic
+        # converts numbers and booleans itself. Lists and mappings may be given as JSON.
+        node[path[-1]] = json.loads(value) if value[:1] in ("[", "{") else value
     return raw
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +49,7 @@ class DataverseProducer:
         self.fields = {m.name: schemas.record_fields("dataverse", m.dataverse.entity_set) for m in maps.values()}
         self._stop = threading.Event()
         self.ready = threading.Event()
+        self._last_poll: dict[str, float] = {}
 
     def stop(self) -> None:
         self._stop.set()
@@ -75,6 +77,9 @@ class DataverseProducer:
                     metrics.SOURCE_ERRORS.labels("dataverse", type(exc).__name__).inc()
                     log.warning("polling %s failed: %s", name, exc)
                     self._stop.wait(1)
+            now = time.monotonic()
+            for entity_set, at in self._last_poll.items():
+                metrics.CHECKPOINT_AGE.labels(entity_set).set(now - at)
             self._stop.wait(interval)
         self.publisher.close()
         self.checkpoints.close()
@@ -96,26 +101,24 @@ class DataverseProducer:
         link_key = f"dataverse|delta|{dv.entity_set}"
         delta = self.checkpoints.get(link_key)
         published = 0
+        pages = self.client.track_changes(dv.entity_set, self._select(m), delta, self.cfg.dataverse_producer.page_size)
         try:
-            pages = list(
-                self.client.track_changes(dv.entity_set, self._select(m), delta, self.cfg.dataverse_producer.page_size)
-            )
+            for page in pages:
+                events, index = self._events(m, page.rows, page.deleted_ids)
+                self.publisher.publish(events)
+                published += len(events)
+                marks: dict[str, str | None] = dict(index)
+                if page.delta_link:
+                    marks[link_key] = page.delta_link
+                if marks:
+                    self.checkpoints.put_many(marks)
         except TargetRejectedError as exc:
             if delta and exc.status in (400, 410):
                 log.warning("delta token for %s refused (%s); reading the table afresh", dv.entity_set, exc)
                 self.checkpoints.put_many({link_key: None})
-                return 0
+                return published
             raise
-        for page in pages:
-            events, index = self._events(m, page.rows, page.deleted_ids)
-            self.publisher.publish(events)
-            published += len(events)
-            marks: dict[str, str | None] = dict(index)
-            if page.delta_link:
-                marks[link_key] = page.delta_link
-            if marks:
-                self.checkpoints.put_many(marks)
-        metrics.CHECKPOINT_AGE.labels(dv.entity_set).set(0)
+        self._last_poll[dv.entity_set] = time.monotonic()
         return published
 
     def _events(

@@ -80,13 +80,13 @@ def ensure_topics(cfg: KafkaConfig, maps: list[TableMap]) -> list[str]:
     return created
 
 
-def producer(cfg: KafkaConfig, **overrides: Any) -> Producer:
+def producer(cfg: KafkaConfig, linger_ms: int = 5, **overrides: Any) -> Producer:
     """An idempotent producer: acks=all, no duplicates on retry, ordering kept per partition."""
     settings = {
         **_base(cfg),
         "enable.idempotence": True,
         "acks": "all",
-        "linger.ms": 5,
+        "linger.ms": linger_ms,
         "compression.type": "none",
         **overrides,
     }

@@ -1,0 +1,774 @@
+"""Stand-in of Dynamics 365 Finance & Operations: OData under /data/ and data events to webhook endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pydantic
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from standins import seed
+from standins.odata import (
+    Column,
+    ODataError,
+    ODataRequest,
+    ODataResponse,
+    QueryError,
+    Stats,
+    etag,
+    etag_matches,
+    filter_to_sql,
+    format_key,
+    iter_parts,
+    json_response,
+    orderby_to_sql,
+    parse_batch,
+    parse_count,
+    parse_key,
+    parse_prefer,
+    parse_select,
+    part_request,
+    read_request,
+    render_batch,
+    run_batch,
+    split_resource_path,
+    to_starlette,
+)
+from standins.store import DuplicateKeyError, EntityDef, Field, FieldError, Row, Store, normalise, to_json
+from standins.token import DEFAULT_SIGNING_KEY, identity_from_header
+
+log = logging.getLogger(__name__)
+BASE_PATH = "/data/"
+WRITE_EXCEPTION = "Microsoft.Dynamics.Platform.Integration.Services.OData.AxODataWriteException"
+ODATA_EXCEPTION = "Microsoft.OData.ODataException"
+XRM = "http://schemas.microsoft.com/xrm/2011/Contracts"
+
+NO_YES = ("No", "Yes")
+CUST_VEND_BLOCKED = ("No", "Invoice", "All", "Payment", "Requisition", "Never")
+COMPANY = Field("dataAreaId", max_length=4, required=True)
+
+LEGAL_ENTITIES = EntityDef(
+    name="LegalEntities",
+    key=("LegalEntityId",),
+    fields=(Field("LegalEntityId", max_length=4, required=True), Field("Name", max_length=100)),
+    event_name="mserp_companyentity",
+    logical_name="OMLegalEntity",
+    type_name="LegalEntity",
+)
+
+CUSTOMER_GROUPS = EntityDef(
+    name="CustomerGroups",
+    key=("dataAreaId", "CustomerGroupId"),
+    fields=(
+        COMPANY,
+        Field("CustomerGroupId", max_length=10, required=True),
+        Field("Description", max_length=60),
+        Field("IsSalesTaxIncludedInPrice", "enum", values=NO_YES, default="No"),
+        Field("PaymentTermId", max_length=10),
+        Field("ClearingPeriodPaymentTermName", max_length=10),
+    ),
+    company_field="dataAreaId",
+    event_name="mserp_custcustomergroupentity",
+    logical_name="CustCustomerGroupEntity",
+    type_name="CustomerGroup",
+)
+
+
+def _address(prefix: str) -> tuple[Field, ...]:
+    return (
+        Field(f"{prefix}Street", max_length=250),
+        Field(f"{prefix}City", max_length=60),
+        Field(f"{prefix}State", max_length=10),
+        Field(f"{prefix}County", max_length=10),
+        Field(f"{prefix}ZipCode", max_length=10),
+        Field(f"{prefix}CountryRegionISOCode", max_length=2),
+        Field(f"{prefix}Latitude", "decimal"),
+        Field(f"{prefix}Longitude", "decimal"),
+    )
+
+
+CUSTOMERS_V3 = EntityDef(
+    name="CustomersV3",
+    key=("dataAreaId", "CustomerAccount"),
+    fields=(
+        COMPANY,
+        Field("CustomerAccount", max_length=20, required=True),
+        Field("OrganizationName", max_length=100),
+        Field("CustomerGroupId", max_length=10, required=True, target="CustomerGroups", label="Customer group"),
+        Field("SalesCurrencyCode", max_length=3),
+        Field("CreditLimit", "decimal", default=0),
+        Field("CreditLimitIsMandatory", "enum", values=NO_YES, default="No"),
+        Field("CreditRating", max_length=10),
+        Field("InvoiceAccount", max_length=20),
+        Field("OnHoldStatus", "enum", values=CUST_VEND_BLOCKED, default="No"),
+        Field("IsOneTimeCustomer", "enum", values=NO_YES, default="No"),
+        Field("PaymentTerms", max_length=10),
+        Field("PaymentMethod", max_length=10),
+        Field("VendorAccount", max_length=20),
+        Field("PartyNumber", max_length=40),
+        Field("ContactPersonId", max_length=20),
+        Field("OrganizationNumberOfEmployees", "int", default=0),
+        Field("PrimaryContactEmail", max_length=255),
+        Field("PrimaryContactPhone", max_length=255),
+        Field("PrimaryContactFax", max_length=255),
+        Field("PrimaryContactURL", max_length=255),
+        Field("PrimaryContactTwitter", max_length=255),
+        Field("SalesMemo", max_length=4000),
+        Field("TaxExemptNumber", max_length=20),
+        Field("IdentificationNumber", max_length=50),
+        *_address("DeliveryAddress"),
+        *_address("InvoiceAddress"),
+        Field("LanguageId", max_length=7, default="en-us"),
+        Field("PartyType", "enum", values=("Organization", "Person"), default="Organization"),
+        Field("PersonFirstName", max_length=25),
+        Field("PersonLastName", max_length=25),
+    ),
+    company_field="dataAreaId",
+    event_name="mserp_custcustomerv3entity",
+    logical_name="CustCustomerV3Entity",
+    type_name="CustomerV3",
+)
+
+ENTITIES: tuple[EntityDef, ...] = (LEGAL_ENTITIES, CUSTOMER_GROUPS, CUSTOMERS_V3)
+
+
+class Settings(pydantic.BaseModel):
+    """Configuration of the F&O stand-in."""
+
+    db_path: str = ":memory:"
+    seed: bool = False
+    default_company: str = "usmf"
+    page_size: int = 10000
+    event_endpoints: list[str] = []
+    event_timeout_s: float = 5.0
+    signing_key: str = DEFAULT_SIGNING_KEY
+    organization_id: str = "5c1a7d7e-6a53-4a7c-8d6f-3f0e0c6b1a01"
+    organization_name: str = "contoso-fo"
+    latency_s: float = 0.0
+
+
+# -- data events ----------------------------------------------------------------------------------
+def dotnet_date(ms: int) -> str:
+    """A .NET JSON date; `event_json` writes its slashes escaped (`\\/Date(ms)\\/`)."""
+    return f"/Date({ms})/"
+
+
+def event_json(payload: dict[str, Any]) -> str:
+    """The payload as .NET's DataContractJsonSerializer writes it: dates as `"\\/Date(ms)\\/"`."""
+    return json.dumps(payload, ensure_ascii=False).replace('"/Date(', '"\\/Date(').replace(')/"', ')\\/"')
+
+
+def _attributes(entity: EntityDef, values: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for f in entity.fields:
+        value = values.get(f.name)
+        if f.type == "datetime":
+            if value is None:
+                continue  # F&O leaves NULL dates out of data events
+            value = dotnet_date(int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000))
+        else:
+            value = to_json(f, value)
+        out.append({"key": f"mserp_{f.name.lower()}", "value": value})
+    return out
+
+
+def _entity_image(entity: EntityDef, row: Row) -> dict[str, Any]:
+    return {
+        "__type": f"Entity:{XRM}",
+        "LogicalName": entity.event_name,
+        "Id": row.id,
+        "RowVersion": str(row.version),
+        "Attributes": _attributes(entity, row.values),
+        "EntityState": None,
+        "KeyAttributes": [],
+        "FormattedValues": [],
+        "RelatedEntities": [],
+    }
+
+
+def build_event(message: str, entity: EntityDef, row: Row, before: Row | None, user_id: str,
+                organization_id: str, organization_name: str, now_ms: int | None = None) -> dict[str, Any]:
+    """A data event as F&O sends it: the JSON of a Dataverse RemoteExecutionContext."""
+    if message == "Delete":
+        target: dict[str, Any] = {
+            "__type": f"EntityReference:{XRM}",
+            "Id": row.id,
+            "KeyAttributes": [{"key": f"mserp_{n.lower()}", "value": row.values[n]} for n in entity.key],
+            "LogicalName": entity.event_name,
+            "Name": None,
+        }
+    else:
+        target = _entity_image(entity, row)
+    pre = [{"key": "PreImage", "value": _entity_image(entity, before)}] if before is not None else []
+    return {
+        "BusinessUnitId": organization_id,
+        "CorrelationId": str(uuid.uuid4()),
+        "Depth": 1,
+        "InitiatingUserAzureActiveDirectoryObjectId": user_id,
+        "InitiatingUserId": user_id,
+        "InputParameters": [{"key": "Target", "value": target}],
+        "IsExecutingOffline": False,
+        "IsInTransaction": False,
+        "IsOfflinePlayback": False,
+        "IsolationMode": 1,
+        "MessageName": message,
+        "Mode": 1,
+        "OperationCreatedOn": dotnet_date(int(time.time() * 1000) if now_ms is None else now_ms),
+        "OperationId": str(uuid.uuid4()),
+        "OrganizationId": organization_id,
+        "OrganizationName": organization_name,
+        "OutputParameters": [],
+        "OwningExtension": None,
+        "ParentContext": None,
+        "PostEntityImages": [],
+        "PreEntityImages": pre,
+        "PrimaryEntityId": row.id,
+        "PrimaryEntityName": entity.event_name,
+        "RequestId": str(uuid.uuid4()),
+        "SecondaryEntityName": "none",
+        "SharedVariables": [],
+        "Stage": 40,
+        "UserAzureActiveDirectoryObjectId": user_id,
+        "UserId": user_id,
+    }
+
+
+class Outbox:
+    """Data events in SQLite (so they survive a restart), with a delivery cursor per endpoint."""
+
+    def __init__(self, store: Store, endpoints: list[str]) -> None:
+        self.store = store
+        store.execute(
+            "CREATE TABLE IF NOT EXISTS fo_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, created_at REAL,"
+            " message TEXT, entity TEXT, payload TEXT)"
+        )
+        store.execute(
+            "CREATE TABLE IF NOT EXISTS fo_delivery (endpoint TEXT PRIMARY KEY, delivered_seq INTEGER,"
+            " attempts INTEGER DEFAULT 0, last_error TEXT)"
+        )
+        head = self.store.execute("SELECT COALESCE(MAX(seq), 0) FROM fo_outbox")[0][0]
+        for url in endpoints:  # a newly configured endpoint gets events from now on
+            store.execute("INSERT OR IGNORE INTO fo_delivery (endpoint, delivered_seq) VALUES (?, ?)", [url, head])
+        self.endpoints = list(endpoints)
+
+    def append(self, payload: dict[str, Any]) -> None:
+        self.store.execute(
+            "INSERT INTO fo_outbox (created_at, message, entity, payload) VALUES (?, ?, ?, ?)",
+            [time.time(), payload["MessageName"], payload["PrimaryEntityName"], event_json(payload)],
+        )
+
+    def head(self, endpoint: str) -> tuple[int, str] | None:
+        rows = self.store.execute(
+            "SELECT seq, payload FROM fo_outbox WHERE seq > (SELECT delivered_seq FROM fo_delivery WHERE"
+            " endpoint = ?) ORDER BY seq LIMIT 1", [endpoint]
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def delivered(self, endpoint: str, seq: int) -> None:
+        self.store.execute(
+            "UPDATE fo_delivery SET delivered_seq = ?, attempts = 0, last_error = NULL WHERE endpoint = ?",
+            [seq, endpoint],
+        )
+
+    def failed(self, endpoint: str, error: str) -> None:
+        self.store.execute(
+            "UPDATE fo_delivery SET attempts = attempts + 1, last_error = ? WHERE endpoint = ?", [error, endpoint]
+        )
+
+    def listing(self, after: int, limit: int) -> dict[str, Any]:
+        cursors = {r["endpoint"]: dict(r) for r in self.store.execute("SELECT * FROM fo_delivery")}
+        cursors = {k: v for k, v in cursors.items() if k in self.endpoints}
+        events = []
+        for r in self.store.execute(
+            "SELECT seq, created_at, message, entity, payload FROM fo_outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            [after, limit],
+        ):
+            events.append({
+                "seq": r["seq"],
+                "created_at": r["created_at"],
+                "message": r["message"],
+                "entity": r["entity"],
+                "delivered": {url: r["seq"] <= c["delivered_seq"] for url, c in cursors.items()},
+                "payload": json.loads(r["payload"]),
+            })
+        return {"events": events, "endpoints": cursors}
+
+
+class EventDelivery:
+    """One task per endpoint POSTs the outbox in order, retrying the head with capped exponential backoff."""
+
+    FIRST_BACKOFF_S = 0.05
+    MAX_BACKOFF_S = 5.0
+
+    def __init__(self, outbox: Outbox, timeout_s: float) -> None:
+        self.outbox = outbox
+        self.timeout_s = timeout_s
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.wakeups: dict[str, asyncio.Event] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+        self.client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.client = httpx.AsyncClient(timeout=self.timeout_s)
+        for url in self.outbox.endpoints:
+            self.wakeups[url] = asyncio.Event()
+            self.tasks.append(asyncio.create_task(self._run(url), name=f"fo-events-{url}"))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+        if self.client is not None:
+            await self.client.aclose()
+
+    def wake(self) -> None:
+        if self.loop is None:
+            return
+        try:
+            same_loop = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            same_loop = False
+        for event in self.wakeups.values():
+            if same_loop:
+                event.set()
+            else:
+                self.loop.call_soon_threadsafe(event.set)
+
+    async def _run(self, url: str) -> None:
+        assert self.client is not None
+        wakeup = self.wakeups[url]
+        backoff = self.FIRST_BACKOFF_S
+        while True:
+            head = self.outbox.head(url)
+            if head is None:
+                wakeup.clear()
+                if (head := self.outbox.head(url)) is None:
+                    await wakeup.wait()
+                    continue
+            seq, payload = head
+            try:
+                resp = await self.client.post(url, content=payload.encode(),
+                                              headers={"Content-Type": "application/json"})
+                error = None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            if error is None:
+                self.outbox.delivered(url, seq)
+                backoff = self.FIRST_BACKOFF_S
+                continue
+            self.outbox.failed(url, error)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.MAX_BACKOFF_S)
+
+
+# -- the OData service --------------------------------------------------------------------------------
+def error_body(status: int, message: str, inner_type: str = ODATA_EXCEPTION,
+               headers: dict[str, str] | None = None) -> ODataResponse:
+    """F&O's error shape: a generic top-level message, the useful one in innererror."""
+    return json_response(status, {"error": {"code": "", "message": "An error has occurred.", "innererror": {
+        "message": message, "type": inner_type, "stacktrace": ""}}}, headers)
+
+
+def empty_value(f: Field) -> Any:
+    """X++ fields are never NULL: F&O answers "" / 0 / the first enum value where nothing was set."""
+    if f.type in ("int", "choice"):
+        return 0
+    if f.type == "decimal":
+        return 0.0
+    if f.type == "enum":
+        return f.default if f.default is not None else f.values[0]
+    if f.type == "string":
+        return ""
+    return None
+
+
+class WriteError(ODataError):
+    """A write F&O's business logic refuses (answered 400 with AxODataWriteException)."""
+
+    def __init__(self, entity: EntityDef, infolog: str) -> None:
+        super().__init__(400, f"Write failed for table row of type '{entity.logical_name}'. Infolog: Error: {infolog}",
+                         WRITE_EXCEPTION)
+
+
+class FinOps:
+    """The request handling of the F&O OData endpoint, independent of HTTP (so $batch reuses it)."""
+
+    def __init__(self, settings: Settings, store: Store, outbox: Outbox, stats: Stats) -> None:
+        self.settings = settings
+        self.store = store
+        self.outbox = outbox
+        self.stats = stats
+        self.on_event: list[Any] = []
+
+    # entry point ---------------------------------------------------------------------------
+    def handle(self, req: ODataRequest) -> ODataResponse:
+        try:
+            return self.route(req)
+        except FieldError as exc:
+            return self.field_error(req, exc)
+        except ODataError as exc:
+            return error_body(exc.status, exc.message, exc.code or ODATA_EXCEPTION, exc.headers)
+        except Exception:  # a stand-in bug must still answer in the service's shape
+            log.exception("F&O stand-in failed on %s %s", req.method, req.path)
+            return error_body(500, "An unexpected error occurred in the F&O stand-in.")
+
+    def route(self, req: ODataRequest) -> ODataResponse:
+        path = req.path.strip("/")
+        if path == "":
+            return self.service_document(req)
+        if path == "$batch":
+            if req.method != "POST":
+                raise ODataError(405, f"The requested resource does not support http method '{req.method}'.")
+            return self.batch(req)
+        name, key_text, rest = split_resource_path(path)
+        entity = self.store.entity(name)
+        if entity is None or entity.name != name or rest:  # OData names are case-sensitive
+            raise ODataError(404, "No HTTP resource was found that matches the request URI "
+                                  f"'{req.service_root}{path}'.")
+        if req.method in Stats.WRITES:
+            self.stats.count_write(req.caller.client_id, req.method)
+        if key_text is None:
+            if req.method == "GET":
+                return self.read_set(req, entity)
+            if req.method == "POST":
+                return self.create(req, entity)
+        else:
+            key = self.key_values(entity, key_text)
+            if req.method == "GET":
+                return self.read_one(req, entity, key)
+            if req.method in ("PATCH", "PUT"):
+                return self.update(req, entity, key)
+            if req.method == "DELETE":
+                return self.delete(req, entity, key)
+        raise ODataError(405, f"The requested resource does not support http method '{req.method}'.")
+
+    def service_document(self, req: ODataRequest) -> ODataResponse:
+        sets = [{"name": e.name, "kind": "EntitySet", "url": e.name} for e in self.store.entities.values()]
+        return json_response(200, {"@odata.context": f"{req.service_root}$metadata", "value": sets})
+
+    def field_error(self, req: ODataRequest, exc: FieldError) -> ODataResponse:
+        name = req.path.split("(")[0].strip("/")
+        entity = self.store.entity(name)
+        type_name = f"Microsoft.Dynamics.DataEntities.{entity.type_name if entity else name}"
+        if exc.kind == "unknown":
+            msg = (f"The property '{exc.field}' does not exist on type '{type_name}'. "
+                   "Make sure to only use property names that are defined by the type.")
+            return error_body(400, msg)
+        if exc.kind == "type":
+            return error_body(400, f"Cannot convert the literal '{exc.value}' to the expected type "
+                                   f"'{exc.detail}' of property '{exc.field}'.")
+        if exc.kind == "value":
+            f = entity.field(exc.field) if entity else None
+            allowed = ", ".join(str(v) for v in f.values) if f else ""
+            return error_body(400, f"The value '{exc.value}' is not valid for enum property '{exc.field}' "
+                                   f"(allowed: {allowed}).")
+        table = entity.logical_name if entity else name
+        prefix = f"Write failed for table row of type '{table}'. Infolog: Error: "
+        if exc.kind == "too_long":
+            return error_body(400, prefix + f"The value of field '{exc.field}' is {len(str(exc.value))} characters"
+                                            f" long; the maximum length is {exc.detail}.", WRITE_EXCEPTION)
+        return error_body(400, prefix + f"Field '{exc.field}' must be filled in.", WRITE_EXCEPTION)
+
+    # helpers -------------------------------------------------------------------------------
+    def resolver(self, entity: EntityDef) -> Any:
+        def resolve(name: str) -> Column:
+            f = entity.field(name)
+            if f is None or f.name != name:
+                raise QueryError(f"Could not find a property named '{name}' on type "
+                                 f"'Microsoft.Dynamics.DataEntities.{entity.type_name}'.")
+            return Column(f.name, entity.column(f.name), f.type, f.values)
+        return resolve
+
+    def key_values(self, entity: EntityDef, key_text: str) -> dict[str, Any]:
+        parsed = parse_key(key_text)
+        if None in parsed:
+            if len(entity.key) != 1:
+                raise QueryError(f"The number of keys specified in the URI does not match number of key "
+                                 f"properties for the resource '{entity.type_name}'.")
+            parsed = {entity.key[0]: parsed[None]}
+        out: dict[str, Any] = {}
+        for name, lit in parsed.items():
+            f = entity.field(name or "")
+            if f is None or f.name != name or f.name not in entity.key:
+                raise QueryError(f"'{name}' is not a key property of '{entity.type_name}'.")
+            try:
+                out[f.name] = normalise(f, lit.value)
+            except FieldError:
+                raise QueryError(f"The key value {lit.value!r} is not valid for '{f.name}'.") from None
+        if set(out) != set(entity.key):
+            raise QueryError(f"The number of keys specified in the URI does not match number of key properties "
+                             f"for the resource '{entity.type_name}'.")
+        return out
+
+    def entity_url(self, req: ODataRequest, entity: EntityDef, row: Row) -> str:
+        parts = [(n, row.values[n], entity.field(n).type) for n in entity.key]  # type: ignore[union-attr]
+        return f"{req.service_root}{entity.name}{format_key(parts)}"
+
+    def render(self, entity: EntityDef, row: Row, select: list[str] | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"@odata.etag": etag(row.version)}
+        for f in entity.fields:
+            if select is None or f.name in select:
+                out[f.name] = to_json(f, row.values[f.name])
+        return out
+
+    def select_of(self, req: ODataRequest, entity: EntityDef) -> list[str] | None:
+        if "$select" not in req.query or req.query["$select"].strip() in ("", "*"):
+            return None
+        resolve = self.resolver(entity)
+        return [resolve(n).name for n in parse_select(req.query["$select"])]
+
+    def context(self, req: ODataRequest, entity: EntityDef, select: list[str] | None, single: bool) -> str:
+        sel = f"({','.join(select)})" if select else ""
+        return f"{req.service_root}$metadata#{entity.name}{sel}{'/$entity' if single else ''}"
+
+    def cross_company(self, req: ODataRequest) -> bool:
+        return req.query.get("cross-company", "").lower() == "true"
+
+    def read_body(self, entity: EntityDef, body: dict[str, Any]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, value in body.items():
+            if name.startswith("@odata.") or "@" in name:
+                continue  # annotations such as @odata.etag / @odata.type are not data
+            f = entity.field(name)
+            if f is None or f.name != name:
+                raise FieldError("unknown", name)
+            values[f.name] = normalise(f, value)
+            if values[f.name] is None:
+                values[f.name] = empty_value(f)
+        return values
+
+    def check_references(self, entity: EntityDef, values: dict[str, Any]) -> None:
+        company = values.get(entity.company_field) if entity.company_field else None
+        if entity.company_field and self.store.get(LEGAL_ENTITIES, {"LegalEntityId": company}) is None:
+            raise WriteError(entity, f"Company '{company}' does not exist.")
+        for f in entity.fields:
+            if f.target is None or values.get(f.name) is None:
+                continue
+            target = self.store.entity(f.target)
+            assert target is not None
+            key = {target.key[-1]: values[f.name]}
+            if target.company_field:
+                key[target.company_field] = company
+            if self.store.get(target, key) is None:
+                raise WriteError(entity, f"{f.label or f.name} '{values[f.name]}' does not exist.")
+
+    def emit(self, message: str, entity: EntityDef, row: Row, before: Row | None, req: ODataRequest) -> None:
+        if entity.event_name is None:
+            return
+        self.outbox.append(build_event(message, entity, row, before, req.caller.object_id,
+                                       self.settings.organization_id, self.settings.organization_name))
+        for callback in self.on_event:
+            callback()
+
+    def preconditions(self, req: ODataRequest, row: Row | None) -> None:
+        if_match, if_none = req.headers.get("if-match"), req.headers.get("if-none-match")
+        if if_match is not None and (row is None or not etag_matches(if_match, row.version)):
+            if row is None:
+                raise ODataError(404, "Resource not found for the segment.")
+            raise ODataError(412, "The ETag value in the request header does not match with the current ETag "
+                                  "value of the object.")
+        if if_none is not None and row is not None and etag_matches(if_none, row.version) and req.method != "GET":
+            raise ODataError(412, "The ETag value in the If-None-Match header matches the current ETag value.")
+
+    def find(self, req: ODataRequest, entity: EntityDef, key: dict[str, Any]) -> Row:
+        row = self.store.get(entity, key)
+        if row is None:
+            raise ODataError(404, f"Resource not found for the segment '{entity.name}'.")
+        return row
+
+    # reads ---------------------------------------------------------------------------------
+    def read_set(self, req: ODataRequest, entity: EntityDef) -> ODataResponse:
+        allowed = {"$filter", "$select", "$top", "$skip", "$orderby", "$count", "$format", "$skiptoken"}
+        for name in req.query:
+            if name.startswith("$") and name not in allowed:
+                raise QueryError(f"The query parameter '{name}' is not supported.")
+        resolve = self.resolver(entity)
+        where, params = [], []
+        if entity.company_field and not self.cross_company(req):
+            where.append(f"{entity.column(entity.company_field)} = ?")
+            params.append(self.settings.default_company)
+        if req.query.get("$filter", "").strip():
+            sql, filter_params = filter_to_sql(req.query["$filter"], resolve, wildcards=True)
+            where.append(sql)
+            params.extend(filter_params)
+        order = orderby_to_sql(req.query["$orderby"], resolve) if req.query.get("$orderby") else ""
+        select = self.select_of(req, entity)
+        top = parse_count("$top", req.query["$top"]) if "$top" in req.query else None
+        skip = parse_count("$skip", req.query["$skip"]) if "$skip" in req.query else 0
+        page = self.settings.page_size
+        want = page if top is None else min(top, page)
+        where_sql = " AND ".join(where)
+        rows = self.store.select(entity, where_sql, params, order, limit=want + 1, offset=skip)
+        body: dict[str, Any] = {"@odata.context": self.context(req, entity, select, False)}
+        if req.query.get("$count", "").lower() == "true":
+            body["@odata.count"] = self.store.count(entity, where_sql, params)
+        body["value"] = [self.render(entity, r, select) for r in rows[:want]]
+        more = len(rows) > want and (top is None or top > page)
+        if more:
+            body["@odata.nextLink"] = req.url(skip=str(skip + page), top=None if top is None else str(top - page))
+        return json_response(200, body)
+
+    def read_one(self, req: ODataRequest, entity: EntityDef, key: dict[str, Any]) -> ODataResponse:
+        for name in req.query:
+            if name.startswith("$") and name not in ("$select", "$format"):
+                raise QueryError(f"The query parameter '{name}' is not supported on a single entity.")
+        select = self.select_of(req, entity)
+        row = self.find(req, entity, key)
+        if_none = req.headers.get("if-none-match")
+        if if_none and etag_matches(if_none, row.version):
+            return ODataResponse(304, {"ETag": etag(row.version)})
+        body = {"@odata.context": self.context(req, entity, select, True), **self.render(entity, row, select)}
+        return json_response(200, body, {"ETag": etag(row.version)})
+
+    # writes --------------------------------------------------------------------------------
+    def create(self, req: ODataRequest, entity: EntityDef) -> ODataResponse:
+        values = self.read_body(entity, req.json())
+        if entity.company_field:
+            values[entity.company_field] = (values.get(entity.company_field) or self.settings.default_company).lower()
+        values = self.store.prepare_insert(entity, values)
+        for f in entity.fields:
+            if values.get(f.name) is None:
+                values[f.name] = empty_value(f)
+        self.check_references(entity, values)
+        key = {n: values[n] for n in entity.key}
+        if self.store.get(entity, key) is not None:
+            shown = ", ".join(str(v) for v in key.values())
+            raise WriteError(entity, f"Cannot create a record in {entity.type_name} ({entity.logical_name}). "
+                                     f"{shown}. The record already exists.")
+        with self.store.savepoint():
+            try:
+                row = self.store.insert(entity, values, req.caller.object_id)
+            except DuplicateKeyError:
+                raise WriteError(entity, "The record already exists.") from None
+            self.emit("Create", entity, row, None, req)
+        url = self.entity_url(req, entity, row)
+        headers = {"Location": url, "OData-EntityId": url, "ETag": etag(row.version)}
+        if parse_prefer(req.headers).get("return") == "minimal":
+            return ODataResponse(204, {**headers, "Preference-Applied": "return=minimal", "OData-Version": "4.0"})
+        body = {"@odata.context": self.context(req, entity, None, True), **self.render(entity, row, None)}
+        return json_response(201, body, headers)
+
+    def update(self, req: ODataRequest, entity: EntityDef, key: dict[str, Any]) -> ODataResponse:
+        row = self.store.get(entity, key)
+        self.preconditions(req, row)
+        row = self.find(req, entity, key)  # F&O has no upsert: PATCH on a missing key is 404
+        changes = self.read_body(entity, req.json())
+        for name in entity.key:
+            if name in changes and str(changes[name]).lower() != str(row.values[name]).lower():
+                raise WriteError(entity, f"The key field '{name}' cannot be changed.")
+            changes.pop(name, None)
+        merged = {**row.values, **changes}
+        self.check_references(entity, merged)
+        with self.store.savepoint():
+            after = self.store.update(entity, row, changes, req.caller.object_id)
+            self.emit("Update", entity, after, row, req)
+        headers = {"ETag": etag(after.version), "OData-EntityId": self.entity_url(req, entity, after)}
+        if parse_prefer(req.headers).get("return") == "representation":
+            body = {"@odata.context": self.context(req, entity, None, True), **self.render(entity, after, None)}
+            return json_response(200, body, {**headers, "Preference-Applied": "return=representation"})
+        return ODataResponse(204, {**headers, "OData-Version": "4.0"})
+
+    def delete(self, req: ODataRequest, entity: EntityDef, key: dict[str, Any]) -> ODataResponse:
+        row = self.store.get(entity, key)
+        self.preconditions(req, row)
+        row = self.find(req, entity, key)
+        with self.store.savepoint():
+            version = self.store.delete(entity, row, req.caller.object_id)
+            gone = Row(row.id, version, row.created_on, row.modified_on, row.created_by, req.caller.object_id,
+                       row.values, row.rowid)
+            self.emit("Delete", entity, gone, row, req)
+        return ODataResponse(204, {"OData-Version": "4.0"})
+
+    # $batch --------------------------------------------------------------------------------
+    def batch(self, req: ODataRequest) -> ODataResponse:
+        items = parse_batch(req.body, req.headers.get("content-type", ""))
+
+        def dispatch(part: Any) -> ODataResponse:
+            try:
+                sub = part_request(part, req, BASE_PATH)
+            except ODataError as exc:
+                return error_body(exc.status, exc.message)
+            if sub.path.strip("/") == "$batch":
+                return error_body(400, "A $batch request cannot be nested in a $batch request.")
+            return self.handle(sub)
+
+        for part in iter_parts(items):
+            if part.method not in ("GET", "POST", "PATCH", "PUT", "DELETE"):
+                raise QueryError(f"The HTTP method '{part.method}' is not valid in a batch part.")
+        responses, _ = run_batch(items, dispatch, self.store.savepoint, stop_on_error=False)
+        content_type, body = render_batch(responses)
+        return ODataResponse(200, {"Content-Type": content_type, "OData-Version": "4.0"}, body)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The F&O stand-in as an ASGI app (data-event delivery runs in its lifespan)."""
+    store = Store(settings.db_path, ENTITIES)
+    if settings.seed:
+        seed.seed_fo(store, empty_value)
+    outbox = Outbox(store, settings.event_endpoints)
+    stats = Stats()
+    service = FinOps(settings, store, outbox, stats)
+    delivery = EventDelivery(outbox, settings.event_timeout_s)
+    service.on_event.append(delivery.wake)
+
+    async def api(request: Request) -> Response:
+        stats.requests += 1
+        identity = identity_from_header(request.headers.get("authorization"), settings.signing_key)
+        if identity is None:
+            resp = error_body(401, "Authentication failed: a valid bearer token is required.",
+                              headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            return to_starlette(resp)
+        if settings.latency_s:
+            await asyncio.sleep(settings.latency_s)
+        req = await read_request(request, BASE_PATH, identity)
+        return to_starlette(service.handle(req))
+
+    async def api_root(request: Request) -> Response:
+        return await api(request)
+
+    async def stats_endpoint(request: Request) -> Response:
+        return JSONResponse(stats.as_json())
+
+    async def events_endpoint(request: Request) -> Response:
+        try:
+            after = int(request.query_params.get("after", "0"))
+            limit = int(request.query_params.get("limit", "1000"))
+        except ValueError:
+            return JSONResponse({"error": "after and limit must be integers"}, status_code=400)
+        return JSONResponse(outbox.listing(after, limit))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await delivery.start()
+        try:
+            yield
+        finally:
+            await delivery.stop()
+
+    methods = ["GET", "POST", "PATCH", "PUT", "DELETE"]
+    app = Starlette(
+        routes=[
+            Route("/_standin/stats", stats_endpoint, methods=["GET"]),
+            Route("/_standin/events", events_endpoint, methods=["GET"]),
+            Route("/data", api_root, methods=methods),
+            Route("/data/{path:path}", api, methods=methods),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.store = store
+    app.state.service = service
+    return app

@@ -1,0 +1,285 @@
+"""Both directions over the real wire: HTTP stand-ins, a real broker, the real components."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from confluent_kafka import Producer
+
+from dualwrite import dlq, kafka
+from dualwrite.status import consumer_lag
+from standins.harness import LocalStack, eventually
+
+pytestmark = pytest.mark.service
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, strict_maps_dir: Path) -> Iterator[LocalStack]:
+    s = LocalStack.start(
+        tmp_path_factory.mktemp("sync"),
+        maps_dir=strict_maps_dir,
+        consumer={
+            "retry": {
+                "initial_backoff_s": 0.05,
+                "max_backoff_s": 0.5,
+                "max_attempts": 3,
+                "missing_reference_timeout_s": 4,
+            }
+        },
+    )
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def fo(stack: LocalStack) -> Iterator[httpx.Client]:
+    with stack.user_client("fo") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def dv(stack: LocalStack) -> Iterator[httpx.Client]:
+    with stack.user_client("dataverse") as c:
+        yield c
+
+
+def company_id(dv: httpx.Client, code: str) -> str:
+    rows = dv.get("cdm_companies", params={"$filter": f"cdm_companycode eq '{code}'"}).json()["value"]
+    return str(rows[0]["cdm_companyid"]) if rows else ""
+
+
+def account(dv: httpx.Client, number: str, company: str = "usmf") -> dict[str, Any] | None:
+    cid = company_id(dv, company)
+    if not cid:
+        return None
+    resp = dv.get("accounts", params={"$filter": f"accountnumber eq '{number}' and _msdyn_company_value eq {cid}"})
+    rows = resp.json()["value"]
+    return rows[0] if rows else None
+
+
+def customer(fo: httpx.Client, number: str, company: str = "usmf") -> dict[str, Any] | None:
+    resp = fo.get(f"CustomersV3(dataAreaId='{company}',CustomerAccount='{number}')")
+    return resp.json() if resp.status_code == 200 else None
+
+
+def new_fo_customer(fo: httpx.Client, number: str, **fields: Any) -> None:
+    body = {
+        "dataAreaId": "usmf",
+        "CustomerAccount": number,
+        "OrganizationName": f"Org {number}",
+        "CustomerGroupId": "30",
+        "SalesCurrencyCode": "USD",
+        "PartyType": "Organization",
+        **fields,
+    }
+    resp = fo.post("CustomersV3", json=body)
+    assert resp.status_code == 201, resp.text
+
+
+def new_dv_account(dv: httpx.Client, number: str, **fields: Any) -> None:
+    cid = eventually(lambda: company_id(dv, "usmf"), what="company usmf in Dataverse")
+    group = dv.get(
+        "msdyn_customergroups", params={"$filter": f"msdyn_groupid eq '10' and _msdyn_company_value eq {cid}"}
+    ).json()["value"][0]
+    body = {
+        "accountnumber": number,
+        "name": f"Account {number}",
+        "customertypecode": 3,
+        "msdyn_company@odata.bind": f"/cdm_companies({cid})",
+        "msdyn_customergroupid@odata.bind": f"/msdyn_customergroups({group['msdyn_customergroupid']})",
+        "transactioncurrencyid@odata.bind": "/transactioncurrencies(isocurrencycode='USD')",
+        **fields,
+    }
+    resp = dv.post("accounts", json=body)
+    assert resp.status_code in (201, 204), resp.text
+
+
+def dlq_records(stack: LocalStack, topic: str) -> list[dlq.DeadLetter]:
+    return list(dlq.read_all(stack.config.kafka, kafka.dlq_topic(topic), idle_s=0.5))
+
+
+def test_seeded_fo_data_arrives_in_dataverse_in_dependency_order(stack: LocalStack, dv: httpx.Client) -> None:
+    eventually(lambda: company_id(dv, "usmf") and company_id(dv, "demf"), what="both companies")
+    groups = eventually(
+        lambda: len(dv.get("msdyn_customergroups").json()["value"]) >= 10 or None, what="customer groups"
+    )
+    assert groups
+
+    def seeded() -> list[dict[str, Any]] | None:
+        rows = dv.get("accounts", params={"$select": "accountnumber,name"}).json()["value"]
+        return rows if len(rows) >= 50 else None
+
+    accounts = eventually(seeded, timeout_s=30, what="50 seeded customers as accounts")
+    us1 = account(dv, "US-001")
+    assert us1 is not None and us1["customertypecode"] == 3 and us1["_msdyn_customergroupid_value"]
+    assert {a["accountnumber"] for a in accounts} >= {f"US-{i:03d}" for i in range(1, 26)}
+
+
+def test_fo_create_update_delete_reach_dataverse(stack: LocalStack, fo: httpx.Client, dv: httpx.Client) -> None:
+    new_fo_customer(fo, "T-FO-1", PrimaryContactEmail="a@example.com", CreditLimit=1500.5, OnHoldStatus="Invoice")
+    row = eventually(lambda: account(dv, "T-FO-1"), what="account T-FO-1")
+    assert row["name"] == "Org T-FO-1" and row["emailaddress1"] == "a@example.com"
+    assert float(row["creditlimit"]) == 1500.5 and row["msdyn_onholdstatus"] == 192350001
+    assert row["_transactioncurrencyid_value"]
+
+    resp = fo.patch("CustomersV3(dataAreaId='usmf',CustomerAccount='T-FO-1')", json={"OrganizationName": "Renamed"})
+    assert resp.status_code == 204, resp.text
+    eventually(lambda: (a := account(dv, "T-FO-1")) and a["name"] == "Renamed", what="rename in Dataverse")
+
+    assert fo.delete("CustomersV3(dataAreaId='usmf',CustomerAccount='T-FO-1')").status_code == 204
+    eventually(lambda: account(dv, "T-FO-1") is None, what="account deleted")
+
+
+def test_dataverse_create_update_delete_reach_fo(stack: LocalStack, fo: httpx.Client, dv: httpx.Client) -> None:
+    new_dv_account(dv, "T-DV-1", telephone1="+1 555 0100", msdyn_onholdstatus=192350002)
+    row = eventually(lambda: customer(fo, "T-DV-1"), what="customer T-DV-1 in F&O")
+    assert row["OrganizationName"] == "Account T-DV-1" and row["PrimaryContactPhone"] == "+1 555 0100"
+    assert row["OnHoldStatus"] == "All" and row["CustomerGroupId"] == "10" and row["SalesCurrencyCode"] == "USD"
+    assert row["PartyType"] == "Organization" and row["LanguageId"] == "en-us"
+
+    acc = account(dv, "T-DV-1")
+    assert acc is not None
+    assert dv.patch(f"accounts({acc['accountid']})", json={"name": "Changed in CRM"}).status_code == 204
+    eventually(
+        lambda: (c := customer(fo, "T-DV-1")) and c["OrganizationName"] == "Changed in CRM", what="rename in F&O"
+    )
+
+    assert dv.delete(f"accounts({acc['accountid']})").status_code == 204
+    eventually(lambda: customer(fo, "T-DV-1") is None, what="customer deleted in F&O")
+
+
+def test_changes_written_by_dualwrite_do_not_come_back(stack: LocalStack, fo: httpx.Client, dv: httpx.Client) -> None:
+    eventually(lambda: account(dv, "US-025"), what="seed synced")
+    fo_before, dv_before = stack.writes_by("fo", "dualwrite"), stack.writes_by("dataverse", "dualwrite")
+    for i in range(5):
+        new_fo_customer(fo, f"T-ECHO-{i}")
+    for i in range(5):
+        eventually(lambda i=i: account(dv, f"T-ECHO-{i}"), what=f"T-ECHO-{i}")
+    # Give a would-be echo time to travel back: the Dataverse producer polls every 0.2 s.
+    eventually(lambda: stack.writes_by("dataverse", "dualwrite") - dv_before >= 5, what="5 Dataverse writes")
+    import time
+
+    time.sleep(2.0)
+    assert stack.writes_by("fo", "dualwrite") == fo_before, "dualwrite wrote its own change back to F&O"
+    assert stack.writes_by("dataverse", "dualwrite") - dv_before == 5
+
+    fo_before, dv_before = stack.writes_by("fo", "dualwrite"), stack.writes_by("dataverse", "dualwrite")
+    for i in range(5, 8):
+        new_dv_account(dv, f"T-ECHO-{i}")
+    for i in range(5, 8):
+        eventually(lambda i=i: customer(fo, f"T-ECHO-{i}"), what=f"T-ECHO-{i} in F&O")
+    time.sleep(2.0)
+    assert stack.writes_by("dataverse", "dualwrite") == dv_before, "dualwrite wrote its own change back to Dataverse"
+    assert stack.writes_by("fo", "dualwrite") - fo_before == 3
+
+
+def test_untranslatable_value_goes_to_dlq_and_later_records_flow(
+    stack: LocalStack, fo: httpx.Client, dv: httpx.Client
+) -> None:
+    topic = kafka.topic(stack.config.kafka.topic_prefix, "fo", "CustomersV3")
+    new_fo_customer(fo, "T-BAD-1", OnHoldStatus="Never")  # the test map has no Dataverse value for it
+    new_fo_customer(fo, "T-GOOD-1")
+    eventually(lambda: account(dv, "T-GOOD-1"), what="the record behind the bad one")
+    letters = eventually(
+        lambda: [d for d in dlq_records(stack, topic) if d.key == b"usmf|T-BAD-1"], what="T-BAD-1 in the DLQ"
+    )
+    h = letters[0].headers
+    assert h["dualwrite.error.class"] == "MappingError" and "Never" in h["dualwrite.error.message"]
+    assert h["dualwrite.map"] == "customers" and h["dualwrite.original.topic"] == topic
+    assert h["dualwrite.original.partition"].isdigit() and h["dualwrite.original.offset"].isdigit()
+    assert account(dv, "T-BAD-1") is None
+
+
+def test_target_rejection_goes_to_dlq(stack: LocalStack, fo: httpx.Client, dv: httpx.Client) -> None:
+    topic = kafka.topic(stack.config.kafka.topic_prefix, "dataverse", "accounts")
+    new_dv_account(dv, "T-LONG-1", name="N" * 150)  # Dataverse takes 160 characters, F&O only 100
+    new_dv_account(dv, "T-OK-1")
+    eventually(lambda: customer(fo, "T-OK-1"), what="the record behind the rejected one")
+    letters = eventually(
+        lambda: [d for d in dlq_records(stack, topic) if d.key == b"usmf|T-LONG-1"], what="T-LONG-1 in the DLQ"
+    )
+    h = letters[0].headers
+    assert h["dualwrite.error.class"] == "TargetRejectedError" and "400" in h["dualwrite.error.message"]
+    assert h["dualwrite.direction"] == "dataverse->fo"
+
+
+def test_poison_bytes_go_to_dlq(stack: LocalStack, fo: httpx.Client, dv: httpx.Client) -> None:
+    topic = kafka.topic(stack.config.kafka.topic_prefix, "fo", "CustomersV3")
+    p = Producer({"bootstrap.servers": stack.config.kafka.bootstrap_servers})
+    p.produce(topic, key=b"usmf|POISON", value=b"\x00\x00\x00\x00\x63not avro at all")
+    p.produce(topic, key=b"usmf|POISON2", value=b'{"json": "is not avro"}')
+    assert p.flush(10) == 0
+    new_fo_customer(fo, "T-AFTER-POISON")
+    eventually(lambda: account(dv, "T-AFTER-POISON"), what="the record behind the poison")
+
+    def poisoned() -> list[dlq.DeadLetter] | None:
+        found = [d for d in dlq_records(stack, topic) if d.key in (b"usmf|POISON", b"usmf|POISON2")]
+        return found if len(found) == 2 else None
+
+    letters = eventually(poisoned, what="both poison records in the DLQ")
+    assert {d.headers["dualwrite.error.class"] for d in letters} == {"DeserializationError"}
+    assert {d.value for d in letters} == {b"\x00\x00\x00\x00\x63not avro at all", b'{"json": "is not avro"}'}
+
+
+def test_missing_reference_is_retried_until_it_arrives(stack: LocalStack, fo: httpx.Client, dv: httpx.Client) -> None:
+    cid = eventually(lambda: company_id(dv, "usmf"))
+    # A new group and an account in it, created together in Dataverse: the account may reach F&O first.
+    resp = dv.post(
+        "msdyn_customergroups",
+        json={
+            "msdyn_groupid": "77",
+            "msdyn_description": "New in CRM",
+            "msdyn_company@odata.bind": f"/cdm_companies({cid})",
+        },
+    )
+    assert resp.status_code in (201, 204), resp.text
+    group = dv.get(
+        "msdyn_customergroups", params={"$filter": f"msdyn_groupid eq '77' and _msdyn_company_value eq {cid}"}
+    ).json()["value"][0]
+    body = {
+        "accountnumber": "T-REF-1",
+        "name": "Needs group 77",
+        "customertypecode": 3,
+        "msdyn_company@odata.bind": f"/cdm_companies({cid})",
+        "msdyn_customergroupid@odata.bind": f"/msdyn_customergroups({group['msdyn_customergroupid']})",
+    }
+    assert dv.post("accounts", json=body).status_code in (201, 204)
+    row = eventually(lambda: customer(fo, "T-REF-1"), what="T-REF-1 in F&O")
+    assert row["CustomerGroupId"] == "77"
+
+
+def test_offsets_are_committed_after_apply_and_status_reports(
+    stack: LocalStack, fo: httpx.Client, dv: httpx.Client, tmp_path: Path
+) -> None:
+    new_fo_customer(fo, "T-STATUS-1")
+    eventually(lambda: account(dv, "T-STATUS-1"), what="T-STATUS-1")
+    topic = kafka.topic(stack.config.kafka.topic_prefix, "fo", "CustomersV3")
+    eventually(
+        lambda: consumer_lag(stack.config.kafka, "dualwrite.consumer.dataverse", [topic]).get(topic) == 0,
+        what="lag 0 on the customers topic",
+    )
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(stack.config.model_dump(mode="json")))
+    out = subprocess.run(
+        [sys.executable, "-m", "dualwrite.cli", "status", "--config", str(cfg_file), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    import json
+
+    rows = {(r["map"], r["direction"]): r for r in json.loads(out.stdout)}
+    customers = rows[("customers", "fo->dataverse")]
+    assert customers["state"] == "running" and customers["applied"] >= 50 and customers["lag"] == 0
+    assert customers["dlq"] >= 1  # the untranslatable and poison records above
+    assert ("companies", "dataverse->fo") in rows

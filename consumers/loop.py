@@ -8,6 +8,7 @@ failure goes to the DLQ. Offsets are committed only after the target acknowledge
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -15,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 
 from consumers.target import Outcome, Result, Target
 from dualwrite import dlq, kafka, metrics
@@ -66,7 +67,16 @@ class ConsumerLoop:
         self.deserialize = deserializer
         self.prefix = cfg.kafka.topic_prefix
         self.routes = {kafka.map_topics(self.prefix, m)[towards.other.value]: m for m in maps.values()}
-        self.consumer = kafka.consumer(cfg.kafka, group_id(self.prefix, towards), cfg.consumer.session_timeout_ms)
+        self.consumer = kafka.consumer(
+            cfg.kafka,
+            group_id(self.prefix, towards),
+            cfg.consumer.session_timeout_ms,
+            **{
+                "fetch.wait.max.ms": cfg.consumer.fetch_wait_max_ms,
+                "statistics.interval.ms": 5000,
+                "stats_cb": self._on_stats,
+            },
+        )
         self.producer = kafka.producer(cfg.kafka, linger_ms=0)
         self.status = StatusPublisher(cfg.kafka, f"consumer.{towards.value}", list(maps), self.direction)
         self._stop = threading.Event()
@@ -74,7 +84,6 @@ class ConsumerLoop:
         self._done_ahead: dict[tuple[str, int], set[int]] = {}
         self._retries: dict[tuple[str, int, int], _Retry] = {}
         self._block_offset: dict[tuple[str, int], int] = {}
-        self._lag_at = 0.0
         self.assigned = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -90,7 +99,6 @@ class ConsumerLoop:
                 if msgs:
                     self._process(msgs)
                 self.status.tick()
-                self._report_lag()
         finally:
             self.status.tick(force=True)
             self.consumer.close()
@@ -106,25 +114,17 @@ class ConsumerLoop:
             self._blocked.pop(key, None)
             self._done_ahead.pop(key, None)
 
-    def _report_lag(self, every_s: float = 5.0) -> None:
-        """Set the lag gauge from this instance's partitions: end offset minus committed offset."""
-        now = time.monotonic()
-        if now - self._lag_at < every_s:
-            return
-        self._lag_at = now
+    def _on_stats(self, stats_json: str) -> None:
+        """Lag per topic from librdkafka's statistics (no extra broker requests on the hot loop)."""
         try:
-            parts = self.consumer.assignment()
-            committed = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.committed(parts, timeout=5)}
-            lag: dict[str, int] = {t: 0 for t in self.routes}
-            for tp in parts:
-                low, high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-                done = committed.get((tp.topic, tp.partition), -1)
-                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - (done if done >= 0 else low))
-        except KafkaException as exc:
-            log.debug("lag not measured: %s", exc)
+            topics = json.loads(stats_json).get("topics", {})
+        except ValueError:
             return
-        for topic, n in lag.items():
-            metrics.LAG.labels(topic, self.direction).set(n)
+        for topic, t in topics.items():
+            if topic not in self.routes:
+                continue
+            lag = sum(max(0, p.get("consumer_lag", 0)) for pid, p in t.get("partitions", {}).items() if pid != "-1")
+            metrics.LAG.labels(topic, self.direction).set(lag)
 
     # -- one batch ---------------------------------------------------------------------------
     def _process(self, msgs: list[Message]) -> None:

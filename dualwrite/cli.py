@@ -79,6 +79,7 @@ def run(component: str, config_path: Path | None) -> None:
     """Run one component in the foreground (one Deployment each in production)."""
     from dualwrite.components import build, enabled_maps, prepare, run_until_signalled
 
+    logging.getLogger().setLevel(logging.INFO)  # a service logs what it does; -v is for the CLI commands
     cfg = _config(config_path)
     maps = enabled_maps(cfg)
     prepare(cfg, maps)

@@ -102,8 +102,13 @@ class RetryConfig(_Section):
 
 class ConsumerConfig(_Section):
     batch_size: int = Field(default=500, ge=1)
-    poll_timeout_s: float = Field(default=0.05, gt=0)
+    poll_timeout_s: float = Field(
+        default=0.01, gt=0, description="consume() waits this long unless a full batch arrives first."
+    )
     session_timeout_ms: int = Field(default=6000, ge=1000)
+    fetch_wait_max_ms: int = Field(
+        default=20, ge=1, description="How long the broker may hold an empty fetch; bounds the idle latency."
+    )
     retry: RetryConfig = RetryConfig()
 
 

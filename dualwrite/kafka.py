@@ -62,8 +62,8 @@ def ensure_topics(cfg: KafkaConfig, maps: list[TableMap]) -> list[str]:
             wanted[dlq_topic(source)] = NewTopic(dlq_topic(source), 1, cfg.replication_factor)
     for compacted in (checkpoint_topic(cfg.topic_prefix), status_topic(cfg.topic_prefix)):
         wanted[compacted] = NewTopic(compacted, 1, cfg.replication_factor, config={"cleanup.policy": "compact"})
-    client = admin(cfg)
     check_reachable(cfg)
+    client = admin(cfg)
     existing = set(client.list_topics(timeout=10).topics)
     missing = [t for name, t in wanted.items() if name not in existing]
     if not missing:

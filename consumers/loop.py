@@ -22,7 +22,7 @@ from consumers.target import Outcome, Result, Target
 from dualwrite import dlq, kafka, metrics
 from dualwrite.config import Config
 from dualwrite.envelope import ChangeEvent, Side
-from dualwrite.errors import DualWriteError, MissingReferenceError, PermanentError, RetryableError
+from dualwrite.errors import DualWriteError, MissingReferenceError, PermanentError, RetryableError, ThrottledError
 from dualwrite.mapping import TargetWrite, map_event
 from dualwrite.registry import EventDeserializer
 from dualwrite.status import StatusPublisher
@@ -200,6 +200,7 @@ class ConsumerLoop:
             result = it.result or FILTERED
             if tp in self._blocked:
                 if result.outcome in (Outcome.APPLIED, Outcome.SKIPPED_EQUAL):
+                    self._count(it, result)
                     self._done_ahead.setdefault(tp, set()).add(offset)
                 elif result.outcome is Outcome.FAILED:
                     self._dead_letter(it, result.error, 1)
@@ -221,10 +222,8 @@ class ConsumerLoop:
             if result.outcome is Outcome.FAILED:
                 self._dead_letter(it, result.error, 1)
                 dead += 1
-            elif result is not ALREADY_DONE:
-                outcome = "filtered" if result is FILTERED else result.outcome.value
-                metrics.RECORDS.labels(it.map_name, self.direction, outcome).inc()
-                self.status.count(it.map_name, outcome)
+            else:
+                self._count(it, result)
             self._retries.pop((*tp, offset), None)
             commit[tp] = offset + 1
         if dead:
@@ -237,8 +236,17 @@ class ConsumerLoop:
         if commit:
             self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in commit.items()], asynchronous=False)
 
+    def _count(self, it: _Item, result: Result) -> None:
+        if result is ALREADY_DONE:
+            return  # counted when it was applied, before the seek brought it back
+        outcome = "filtered" if result is FILTERED else result.outcome.value
+        metrics.RECORDS.labels(it.map_name, self.direction, outcome).inc()
+        self.status.count(it.map_name, outcome)
+
     def _exhausted(self, retry: _Retry, error: DualWriteError | None) -> bool:
         rc = self.cfg.consumer.retry
+        if isinstance(error, ThrottledError):
+            return False  # service protection says "slower", not "broken": wait as told, never dead-letter
         if isinstance(error, MissingReferenceError):
             return time.monotonic() - retry.first_failure >= rc.missing_reference_timeout_s
         return retry.attempts >= rc.max_attempts

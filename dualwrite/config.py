@@ -87,7 +87,12 @@ class FoProducerConfig(_Section):
 
 
 class DataverseProducerConfig(_Section):
-    poll_interval_s: float = Field(default=0.2, gt=0)
+    poll_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="One change-tracking request per map per interval; it shares the app user's Dataverse "
+        "budget (6,000 requests per 5 minutes) with the consumer's writes.",
+    )
     page_size: int = Field(default=5000, ge=1, le=5000)
 
 

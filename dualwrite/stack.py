@@ -70,6 +70,7 @@ def local_config(ports: Ports, state_dir: Path) -> dict[str, Any]:
         "dataverse": {"url": f"http://{HOST}:{ports.dataverse}", "auth": auth},
         "companies": ["usmf", "demf"],
         "fo_producer": {"listen_host": HOST, "listen_port": ports.fo_events, "shared_secret": EVENT_SECRET},
+        "dataverse_producer": {"poll_interval_s": 0.2},  # the stand-in's budget is ours alone
     }
 
 

@@ -74,6 +74,7 @@ def _skeleton(
         "companies": ["usmf", "demf"],
         "fo_producer": {"listen_host": HOST, "listen_port": events_port, "shared_secret": EVENT_SECRET},
         "ops": {"host": HOST, "port": 0},
+        "dataverse_producer": {"poll_interval_s": 0.2},
     }
     for section, values in extra.items():
         raw.setdefault(section, {}).update(values)

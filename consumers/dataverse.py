@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import defaultdict
 from typing import Any
@@ -12,6 +13,8 @@ from dualwrite.dataverse import COMPANY_LOOKUP, DataverseClient, LookupCache
 from dualwrite.errors import DualWriteError, MissingReferenceError
 from dualwrite.mapping import LookupRef, TargetWrite, changed_fields
 from dualwrite.tablemap import TableMap
+
+log = logging.getLogger("dualwrite.consumer.target")
 
 _CHUNK = 40
 
@@ -52,6 +55,8 @@ class DataverseTarget:
                 else:
                     parts.append(part)
                     owners.append((i, w))
+        for part in parts:
+            log.debug("%s %s %s %s", "Dataverse", part.method, part.url, sorted((part.body or {}).keys()))
         if parts:
             try:
                 answers = self.client.batch(parts)
@@ -74,10 +79,11 @@ class DataverseTarget:
     ) -> dict[tuple[str, tuple[str, ...]], dict[str, Any]]:
         """The target rows the writes address, by (company, lower-cased key)."""
         dv = m.dataverse
-        select = [dv.primary_key] + sorted(
-            {f.dataverse for f in m.fields if f.dataverse and f.lookup is None}
-            | {f"_{f.dataverse}_value" for f in m.fields if f.dataverse and f.lookup is not None}
-        )
+        lookups = {f.dataverse for f in m.fields if f.dataverse and f.lookup is not None}
+        if dv.company_lookup is not None:
+            lookups.add(dv.company_lookup)
+        plain = {f.dataverse for f in m.fields if f.dataverse and f.lookup is None}
+        select = [dv.primary_key, *sorted(plain | {f"_{nav}_value" for nav in lookups})]
         found: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
         by_company: dict[str, list[TargetWrite]] = defaultdict(list)
         for w in writes:
@@ -115,6 +121,8 @@ class DataverseTarget:
             guid = None if ref is None else self._resolve(ref)
             desired[f"_{nav}_value"] = guid
             binds[nav] = guid
+        if row is None:
+            desired = {**w.defaults, **desired}
         changed = changed_fields(desired, row or {})
         if row is not None and not changed:
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Any
 
@@ -11,6 +12,8 @@ from dualwrite.errors import DualWriteError, MissingReferenceError
 from dualwrite.fo import FoClient
 from dualwrite.mapping import TargetWrite, changed_fields
 from dualwrite.tablemap import TableMap
+
+log = logging.getLogger("dualwrite.consumer.target")
 
 _CHUNK = 25
 
@@ -51,6 +54,8 @@ class FoTarget:
                 else:
                     parts.append(part)
                     owners.append(i)
+        for part in parts:
+            log.debug("%s %s %s %s", "F&O", part.method, part.url, sorted((part.body or {}).keys()))
         if parts:
             try:
                 answers = self.client.batch(parts)
@@ -114,13 +119,13 @@ class FoTarget:
         if w.op == "delete":
             return None if row is None else odata.BatchPart("DELETE", url)
         if row is not None:
-            changed = changed_fields(w.values, row)
+            changed = changed_fields(w.values, row, no_nulls=True)
             if not changed:
                 return None
             self._check_references(m, w)
             return odata.BatchPart("PATCH", url, changed, {"If-Match": row.get("@odata.etag", "*")})
         self._check_references(m, w)
-        body = {**w.values, **self._key(m, w)}
+        body = {**w.defaults, **w.values, **self._key(m, w)}
         return odata.BatchPart("POST", m.fo.entity_set, body)
 
 

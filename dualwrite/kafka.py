@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer
@@ -33,8 +34,12 @@ def map_topics(prefix: str, m: TableMap) -> dict[str, str]:
     return {"fo": topic(prefix, "fo", m.fo.entity_set), "dataverse": topic(prefix, "dataverse", m.dataverse.entity_set)}
 
 
+_CLIENT_LOG = logging.getLogger("dualwrite.kafka.client")
+
+
 def _base(cfg: KafkaConfig) -> dict[str, Any]:
-    return {"bootstrap.servers": cfg.bootstrap_servers, **cfg.client}
+    # librdkafka's own log lines go through Python logging (levels, format, capture), not raw stderr.
+    return {"bootstrap.servers": cfg.bootstrap_servers, "logger": _CLIENT_LOG, **cfg.client}
 
 
 def admin(cfg: KafkaConfig) -> AdminClient:

@@ -35,6 +35,8 @@ class TargetWrite:
     key: dict[str, Any]
     values: dict[str, Any] = field(default_factory=dict)
     lookups: dict[str, LookupRef | None] = field(default_factory=dict)
+    # One-sided constants of the map: set when the target row is created, never overwritten after.
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def identity(self) -> tuple[str, tuple[Any, ...]]:
@@ -77,11 +79,12 @@ def map_event(table_map: TableMap, event: ChangeEvent) -> TargetWrite | None:
 def _to_dataverse(table_map: TableMap, event: ChangeEvent, key: dict[str, Any]) -> TargetWrite:
     row = event.after or {}
     values: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
     lookups: dict[str, LookupRef | None] = {}
     for f in table_map.fields_towards("dataverse"):
         assert f.dataverse is not None
         if f.fo is None:
-            values[f.dataverse] = f.default
+            defaults[f.dataverse] = f.default
             continue
         value = _translate(f, row.get(f.fo), forward=True)
         if f.lookup is not None:
@@ -98,16 +101,17 @@ def _to_dataverse(table_map: TableMap, event: ChangeEvent, key: dict[str, Any]) 
     for k, v in key.items():
         if not _same(values.get(k), v):
             raise MappingError(f"key field {k}={values.get(k)!r} differs from the event key {v!r}")
-    return TargetWrite(table_map.name, Side.DATAVERSE, "upsert", event.company, key, values, lookups)
+    return TargetWrite(table_map.name, Side.DATAVERSE, "upsert", event.company, key, values, lookups, defaults)
 
 
 def _to_fo(table_map: TableMap, event: ChangeEvent, key: dict[str, Any]) -> TargetWrite:
     row = event.after or {}
     values: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
     for f in table_map.fields_towards("fo"):
         assert f.fo is not None
         if f.dataverse is None:
-            values[f.fo] = f.default
+            defaults[f.fo] = f.default
             continue
         values[f.fo] = _translate(f, row.get(f.dataverse), forward=False)
     company_field = table_map.fo.company_field
@@ -116,13 +120,16 @@ def _to_fo(table_map: TableMap, event: ChangeEvent, key: dict[str, Any]) -> Targ
     for k, v in key.items():
         if not _same(values.get(k), v):
             raise MappingError(f"key field {k}={values.get(k)!r} differs from the event key {v!r}")
-    return TargetWrite(table_map.name, Side.FO, "upsert", event.company, key, values)
+    return TargetWrite(table_map.name, Side.FO, "upsert", event.company, key, values, defaults=defaults)
 
 
 def _translate(f: FieldMap, value: Any, forward: bool) -> Any:
     """Apply the field's value map (F&O -> Dataverse when forward), refusing values it does not know."""
-    if f.values is None or value is None:
+    if f.values is None:
         return value
+    if value is None:
+        # F&O enums have no null: an empty Dataverse value is the one mapped to false, else the first.
+        return None if forward else next((k for k, v in f.values.items() if v is False), next(iter(f.values)))
     if forward:
         for fo_value, dv_value in f.values.items():
             if _same(fo_value, value):
@@ -161,6 +168,15 @@ def _same(a: Any, b: Any) -> bool:
     return bool(na == nb)
 
 
-def changed_fields(desired: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
-    """The fields of `desired` whose values differ from `current` (the convergence check)."""
-    return {k: v for k, v in desired.items() if not _same(v, current.get(k))}
+def changed_fields(desired: dict[str, Any], current: dict[str, Any], no_nulls: bool = False) -> dict[str, Any]:
+    """The fields of `desired` whose values differ from `current` (the convergence check).
+
+    `no_nulls`: the target stores no nulls (F&O writes 0 or '' instead), so None equals those.
+    """
+
+    def same(want: Any, have: Any) -> bool:
+        if no_nulls and want is None and (have is None or have == "" or (have == 0 and not isinstance(have, bool))):
+            return True
+        return _same(want, have)
+
+    return {k: v for k, v in desired.items() if not same(v, current.get(k))}

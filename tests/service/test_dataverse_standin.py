@@ -36,8 +36,9 @@ def start() -> Iterator[Callable[..., httpx.Client]]:
     def _start(client_id: str = "dualwrite", **settings: Any) -> httpx.Client:
         srv = BackgroundServer(create_app(Settings(**{"seed": True, **settings}))).start()
         servers.append(srv)
-        client = httpx.Client(base_url=srv.url + API, headers={"Authorization": f"Bearer {token(client_id)}"},
-                              timeout=10)
+        client = httpx.Client(
+            base_url=srv.url + API, headers={"Authorization": f"Bearer {token(client_id)}"}, timeout=10
+        )
         clients.append(client)
         return client
 
@@ -60,15 +61,21 @@ def error(resp: httpx.Response) -> tuple[str, str]:
 
 
 def company(dv: httpx.Client, code: str = "usmf") -> str:
-    resp = dv.post("cdm_companies", json={"cdm_companycode": code, "cdm_name": f"Company {code}"},
-                   headers={"Prefer": "return=representation"})
+    resp = dv.post(
+        "cdm_companies",
+        json={"cdm_companycode": code, "cdm_name": f"Company {code}"},
+        headers={"Prefer": "return=representation"},
+    )
     assert resp.status_code == 201, resp.text
     return str(resp.json()["cdm_companyid"])
 
 
 def group(dv: httpx.Client, company_id: str, group_id: str = "10") -> str:
-    resp = dv.patch(f"msdyn_customergroups(msdyn_groupid='{group_id}',msdyn_company={company_id})",
-                    json={"msdyn_description": "Wholesale customers"}, headers={"Prefer": "return=representation"})
+    resp = dv.patch(
+        f"msdyn_customergroups(msdyn_groupid='{group_id}',msdyn_company={company_id})",
+        json={"msdyn_description": "Wholesale customers"},
+        headers={"Prefer": "return=representation"},
+    )
     assert resp.status_code == 201, resp.text
     return str(resp.json()["msdyn_customergroupid"])
 
@@ -120,9 +127,12 @@ def test_upsert_creates_then_updates_by_alternate_key(dv: httpx.Client) -> None:
     cid = company(dv)
     group(dv, cid)
     url = account_url("US-001", cid)
-    body = {"name": "Forest Wholesales", "creditlimit": 5000,
-            "msdyn_customergroupid@odata.bind": f"/msdyn_customergroups(msdyn_groupid='10',msdyn_company={cid})",
-            "transactioncurrencyid@odata.bind": "/transactioncurrencies(isocurrencycode='USD')"}
+    body = {
+        "name": "Forest Wholesales",
+        "creditlimit": 5000,
+        "msdyn_customergroupid@odata.bind": f"/msdyn_customergroups(msdyn_groupid='10',msdyn_company={cid})",
+        "transactioncurrencyid@odata.bind": "/transactioncurrencies(isocurrencycode='USD')",
+    }
     created = dv.patch(url, json=body)
     assert created.status_code == 204
     pk_url = created.headers["OData-EntityId"]
@@ -167,13 +177,20 @@ def test_binds(dv: httpx.Client) -> None:
     missing = dv.post("accounts", json={"name": "x", "msdyn_company@odata.bind": f"/cdm_companies({MISSING})"})
     assert missing.status_code == 404
     assert error(missing) == ("0x80040217", f"cdm_company With Ids = {MISSING} Does Not Exist")
-    by_code = dv.post("accounts", json={"name": "x", "accountnumber": "A1",
-                                        "msdyn_company@odata.bind": "/cdm_companies(cdm_companycode='nope')"})
+    by_code = dv.post(
+        "accounts",
+        json={"name": "x", "accountnumber": "A1", "msdyn_company@odata.bind": "/cdm_companies(cdm_companycode='nope')"},
+    )
     assert by_code.status_code == 404 and error(by_code) == (
-        "0x80040217", "cdm_company With Ids = cdm_companycode:nope Does Not Exist")
+        "0x80040217",
+        "cdm_company With Ids = cdm_companycode:nope Does Not Exist",
+    )
     absolute = f"{dv.base_url}cdm_companies(cdm_companycode='usmf')"
-    ok = dv.post("accounts", json={"name": "x", "accountnumber": "A1", "msdyn_company@odata.bind": absolute},
-                 headers={"Prefer": "return=representation"})
+    ok = dv.post(
+        "accounts",
+        json={"name": "x", "accountnumber": "A1", "msdyn_company@odata.bind": absolute},
+        headers={"Prefer": "return=representation"},
+    )
     assert ok.status_code == 201 and ok.json()["_msdyn_company_value"] == cid
     url = ok.headers["OData-EntityId"]
     assert dv.patch(url, json={"msdyn_company@odata.bind": None}).status_code == 204
@@ -190,11 +207,18 @@ def test_binds(dv: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("body", "code", "message"),
     [
-        ({"msdyn_onholdstatus": 7}, "0x80044331", "A validation error occurred. The value 7 of 'msdyn_onholdstatus' "
-         "on record of type 'account' is outside the valid range."),
+        (
+            {"msdyn_onholdstatus": 7},
+            "0x80044331",
+            "A validation error occurred. The value 7 of 'msdyn_onholdstatus' "
+            "on record of type 'account' is outside the valid range.",
+        ),
         ({"customertypecode": 13}, "0x80044331", "outside the valid range"),
-        ({"colour": "red"}, "0x80048d19", "Invalid property 'colour' was found in entity "
-         "'Microsoft.Dynamics.CRM.account'."),
+        (
+            {"colour": "red"},
+            "0x80048d19",
+            "Invalid property 'colour' was found in entity 'Microsoft.Dynamics.CRM.account'.",
+        ),
         ({"_msdyn_company_value": MISSING}, "0x80048d19", "Invalid property '_msdyn_company_value'"),
         ({"msdyn_company": MISSING}, "0x80048d19", "Invalid property 'msdyn_company'"),
         ({"creditlimit": "a lot"}, "0x80048d19", "Edm.Decimal"),
@@ -219,17 +243,27 @@ def test_filter_on_lookup_select_orderby_and_bad_queries(dv: httpx.Client) -> No
     usmf, demf = company(dv, "usmf"), company(dv, "demf")
     for n, cid in enumerate([usmf, usmf, demf]):
         assert dv.patch(account_url(f"C-{n}", cid), json={"name": f"Name {n}", "numberofemployees": n}).is_success
-    rows = dv.get("accounts", params={"$filter": f"_msdyn_company_value eq {usmf}", "$select": "accountnumber",
-                                      "$orderby": "accountnumber desc"}).json()["value"]
+    rows = dv.get(
+        "accounts",
+        params={
+            "$filter": f"_msdyn_company_value eq {usmf}",
+            "$select": "accountnumber",
+            "$orderby": "accountnumber desc",
+        },
+    ).json()["value"]
     assert [r["accountnumber"] for r in rows] == ["C-1", "C-0"]
     assert set(rows[0]) == {"@odata.etag", "accountid", "accountnumber"}
-    found = dv.get("accounts", params={"$filter": "numberofemployees ge 1 and startswith(name,'Name')",
-                                       "$count": "true", "$top": "1"}).json()
+    found = dv.get(
+        "accounts",
+        params={"$filter": "numberofemployees ge 1 and startswith(name,'Name')", "$count": "true", "$top": "1"},
+    ).json()
     assert found["@odata.count"] == 2 and len(found["value"]) == 1
-    for params, text in [({"$filter": "msdyn_company eq 1"}, "Could not find a property named 'msdyn_company'"),
-                         ({"$filter": f"_msdyn_company_value eq '{usmf}'"}, "incompatible types"),
-                         ({"$skip": "1"}, "$skip is not supported"),
-                         ({"$select": "nope"}, "nope")]:
+    for params, text in [
+        ({"$filter": "msdyn_company eq 1"}, "Could not find a property named 'msdyn_company'"),
+        ({"$filter": f"_msdyn_company_value eq '{usmf}'"}, "incompatible types"),
+        ({"$skip": "1"}, "$skip is not supported"),
+        ({"$select": "nope"}, "nope"),
+    ]:
         resp = dv.get("accounts", params=params)
         assert resp.status_code == 400 and error(resp)[0] == "0x80060888" and text in error(resp)[1]
     assert dv.get("Accounts").status_code == 404
@@ -292,8 +326,9 @@ def test_change_tracking_initial_then_delta(dv: httpx.Client) -> None:
     deleted = [r for r in delta["value"] if "reason" in r]
     assert [r["name"] for r in changed] == ["T1 renamed twice", "T9"]
     assert changed[0]["accountid"] == pk["T1"] and changed[0]["_modifiedby_value"] == object_id("dualwrite")
-    assert deleted == [{"@odata.context": f"{dv.base_url}$metadata#accounts/$deletedEntity", "id": pk["T3"],
-                        "reason": "deleted"}]
+    assert deleted == [
+        {"@odata.context": f"{dv.base_url}$metadata#accounts/$deletedEntity", "id": pk["T3"], "reason": "deleted"}
+    ]
     again = dv.get(delta["@odata.deltaLink"]).json()
     assert again["value"] == [] and "@odata.deltaLink" in again
 
@@ -322,8 +357,10 @@ def test_expired_delta_token(start: Callable[..., httpx.Client]) -> None:
 def part(method: str, url: str, body: dict[str, Any] | None = None, content_id: int | None = None) -> str:
     cid = f"Content-ID: {content_id}\r\n" if content_id else ""
     payload = json.dumps(body) if body is not None else ""
-    return (f"Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n{cid}\r\n"
-            f"{method} {url} HTTP/1.1\r\nContent-Type: application/json\r\n\r\n{payload}\r\n")
+    return (
+        f"Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n{cid}\r\n"
+        f"{method} {url} HTTP/1.1\r\nContent-Type: application/json\r\n\r\n{payload}\r\n"
+    )
 
 
 def batch(items: list[str | list[str]]) -> bytes:
@@ -346,9 +383,15 @@ def send(dv: httpx.Client, body: bytes, prefer: str | None = None) -> tuple[http
 
 
 def test_batch_change_set_with_content_id_reference(dv: httpx.Client) -> None:
-    body = batch([[part("POST", f"{API}cdm_companies", {"cdm_companycode": "usmf"}, 1),
-                   part("POST", "msdyn_customergroups", {"msdyn_groupid": "10", "msdyn_company@odata.bind": "$1"}, 2)],
-                  part("GET", "msdyn_customergroups?$select=msdyn_groupid,_msdyn_company_value")])
+    body = batch(
+        [
+            [
+                part("POST", f"{API}cdm_companies", {"cdm_companycode": "usmf"}, 1),
+                part("POST", "msdyn_customergroups", {"msdyn_groupid": "10", "msdyn_company@odata.bind": "$1"}, 2),
+            ],
+            part("GET", "msdyn_customergroups?$select=msdyn_groupid,_msdyn_company_value"),
+        ]
+    )
     resp, parts = send(dv, body)
     assert resp.status_code == 200
     changeset, get = parts
@@ -359,9 +402,13 @@ def test_batch_change_set_with_content_id_reference(dv: httpx.Client) -> None:
 
 
 def test_batch_stops_at_first_failure_without_continue_on_error(dv: httpx.Client) -> None:
-    body = batch([part("POST", "cdm_companies", {"cdm_companycode": "aaaa"}),
-                  part("POST", "cdm_companies", {"cdm_companycode": "bbbb", "bogus": 1}),
-                  part("POST", "cdm_companies", {"cdm_companycode": "cccc"})])
+    body = batch(
+        [
+            part("POST", "cdm_companies", {"cdm_companycode": "aaaa"}),
+            part("POST", "cdm_companies", {"cdm_companycode": "bbbb", "bogus": 1}),
+            part("POST", "cdm_companies", {"cdm_companycode": "cccc"}),
+        ]
+    )
     resp, parts = send(dv, body)
     assert resp.status_code == 400
     [failed] = parts
@@ -378,9 +425,15 @@ def test_batch_stops_at_first_failure_without_continue_on_error(dv: httpx.Client
 
 
 def test_batch_change_set_rolls_back_and_writes_are_counted(dv: httpx.Client) -> None:
-    body = batch([[part("POST", "cdm_companies", {"cdm_companycode": "xx01"}),
-                   part("PATCH", "cdm_companies(cdm_companycode='xx02')", {"cdm_name": "two"}),
-                   part("DELETE", f"cdm_companies({MISSING})")]])
+    body = batch(
+        [
+            [
+                part("POST", "cdm_companies", {"cdm_companycode": "xx01"}),
+                part("PATCH", "cdm_companies(cdm_companycode='xx02')", {"cdm_name": "two"}),
+                part("DELETE", f"cdm_companies({MISSING})"),
+            ]
+        ]
+    )
     resp, parts = send(dv, body, prefer="odata.continue-on-error")
     assert resp.status_code == 200
     [failure] = parts
@@ -388,22 +441,33 @@ def test_batch_change_set_rolls_back_and_writes_are_counted(dv: httpx.Client) ->
     assert dv.get("cdm_companies").json()["value"] == []
     stats = dv.get(f"{dv.base_url.scheme}://{dv.base_url.netloc.decode()}/_standin/stats").json()
     assert stats["writes"]["dualwrite"] == {"POST": 1, "PATCH": 1, "DELETE": 1}
-    over = dv.post("$batch", content=batch([part("GET", "accounts")] * 1001),
-                   headers={"Content-Type": "multipart/mixed; boundary=batch_x"})
+    over = dv.post(
+        "$batch",
+        content=batch([part("GET", "accounts")] * 1001),
+        headers={"Content-Type": "multipart/mixed; boundary=batch_x"},
+    )
     assert over.status_code == 400 and "1000" in error(over)[1]
 
 
 # -- service protection ----------------------------------------------------------------------------------------------
 def test_request_limit_answers_429_with_retry_after(start: Callable[..., httpx.Client]) -> None:
     dv = start(max_requests=3, window_s=60)
-    assert dv.post("$batch", content=batch([part("GET", "accounts")] * 5),
-                   headers={"Content-Type": "multipart/mixed; boundary=batch_x"}).status_code == 200
+    assert (
+        dv.post(
+            "$batch",
+            content=batch([part("GET", "accounts")] * 5),
+            headers={"Content-Type": "multipart/mixed; boundary=batch_x"},
+        ).status_code
+        == 200
+    )
     assert [dv.get("WhoAmI").status_code for _ in range(2)] == [200, 200]
     throttled = dv.get("accounts")
     assert throttled.status_code == 429
     assert 1 <= int(throttled.headers["Retry-After"]) <= 60
-    assert error(throttled) == ("0x80072322", "Number of requests exceeded the limit of 3 over time window of 60 "
-                                              "seconds.")
+    assert error(throttled) == (
+        "0x80072322",
+        "Number of requests exceeded the limit of 3 over time window of 60 seconds.",
+    )
 
 
 def test_concurrency_limit_answers_429(start: Callable[..., httpx.Client]) -> None:

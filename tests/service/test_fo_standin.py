@@ -122,8 +122,15 @@ def inner(resp: httpx.Response) -> str:
 
 
 def new_customer(account: str = "US-900", **extra: Any) -> dict[str, Any]:
-    return {"CustomerAccount": account, "OrganizationName": "Northwind Outlet", "CustomerGroupId": "30",
-            "SalesCurrencyCode": "USD", "CreditLimit": 2500.5, "OnHoldStatus": "No", **extra}
+    return {
+        "CustomerAccount": account,
+        "OrganizationName": "Northwind Outlet",
+        "CustomerGroupId": "30",
+        "SalesCurrencyCode": "USD",
+        "CreditLimit": 2500.5,
+        "OnHoldStatus": "No",
+        **extra,
+    }
 
 
 def attrs(entity: dict[str, Any]) -> dict[str, Any]:
@@ -145,25 +152,40 @@ def test_reads_are_for_the_default_company_unless_cross_company(fo: httpx.Client
     both = fo.get("/data/CustomersV3", params={"cross-company": "true", "$count": "true"}).json()
     assert both["@odata.count"] == 50 and {c["dataAreaId"] for c in both["value"]} == {"usmf", "demf"}
     groups = fo.get("/data/CustomerGroups", params={"cross-company": "true"}).json()["value"]
-    assert len(groups) == 10 and {"CustomerGroupId": "90", "Description": "Intercompany customers"}.items() <= \
-        groups[4].items()
+    assert (
+        len(groups) == 10
+        and {"CustomerGroupId": "90", "Description": "Intercompany customers"}.items() <= groups[4].items()
+    )
     legal = fo.get("/data/LegalEntities").json()["value"]
     assert [(le["LegalEntityId"], le["Name"]) for le in legal] == [
-        ("usmf", "Contoso Entertainment System USA"), ("demf", "Contoso Entertainment System Germany")]
+        ("usmf", "Contoso Entertainment System USA"),
+        ("demf", "Contoso Entertainment System Germany"),
+    ]
 
 
 def test_key_read_select_and_missing_key(fo: httpx.Client) -> None:
-    resp = fo.get("/data/CustomersV3(dataAreaId='demf',CustomerAccount='DE-002')",
-                  params={"$select": "CustomerAccount,OrganizationName,SalesCurrencyCode,CreditLimit"})
+    resp = fo.get(
+        "/data/CustomersV3(dataAreaId='demf',CustomerAccount='DE-002')",
+        params={"$select": "CustomerAccount,OrganizationName,SalesCurrencyCode,CreditLimit"},
+    )
     assert resp.status_code == 200
     body = resp.json()
-    assert body["@odata.context"].endswith("#CustomersV3(CustomerAccount,OrganizationName,SalesCurrencyCode,"
-                                           "CreditLimit)/$entity")
+    assert body["@odata.context"].endswith(
+        "#CustomersV3(CustomerAccount,OrganizationName,SalesCurrencyCode,CreditLimit)/$entity"
+    )
     assert body["@odata.etag"].startswith('W/"') and resp.headers["ETag"] == body["@odata.etag"]
     assert {k: body[k] for k in ("CustomerAccount", "SalesCurrencyCode")} == {
-        "CustomerAccount": "DE-002", "SalesCurrencyCode": "EUR"}
-    assert set(body) == {"@odata.context", "@odata.etag", "CustomerAccount", "OrganizationName",
-                         "SalesCurrencyCode", "CreditLimit"}
+        "CustomerAccount": "DE-002",
+        "SalesCurrencyCode": "EUR",
+    }
+    assert set(body) == {
+        "@odata.context",
+        "@odata.etag",
+        "CustomerAccount",
+        "OrganizationName",
+        "SalesCurrencyCode",
+        "CreditLimit",
+    }
     full = fo.get("/data/CustomersV3(dataAreaId='usmf',CustomerAccount='US-001')").json()
     assert full["PartyType"] == "Organization" and full["InvoiceAccount"] == ""
     assert full["DeliveryAddressCountryRegionISOCode"] == "US"
@@ -175,16 +197,24 @@ def test_key_read_select_and_missing_key(fo: httpx.Client) -> None:
 
 
 def test_filter_wildcard_orderby_top(fo: httpx.Client) -> None:
-    params = {"$filter": "OrganizationName eq '*ware*' and CreditLimit gt 0", "$select": "OrganizationName",
-              "$orderby": "OrganizationName desc"}
+    params = {
+        "$filter": "OrganizationName eq '*ware*' and CreditLimit gt 0",
+        "$select": "OrganizationName",
+        "$orderby": "OrganizationName desc",
+    }
     names = [c["OrganizationName"] for c in fo.get("/data/CustomersV3", params=params).json()["value"]]
     assert names == ["Proseware Inc.", "Litware Inc."]
-    enum = fo.get("/data/CustomersV3", params={
-        "$filter": "CreditLimitIsMandatory eq Microsoft.Dynamics.DataEntities.NoYes'Yes' and dataAreaId eq 'usmf'",
-        "$top": "3"}).json()["value"]
+    enum = fo.get(
+        "/data/CustomersV3",
+        params={
+            "$filter": "CreditLimitIsMandatory eq Microsoft.Dynamics.DataEntities.NoYes'Yes' and dataAreaId eq 'usmf'",
+            "$top": "3",
+        },
+    ).json()["value"]
     assert len(enum) == 3 and all(c["CreditLimitIsMandatory"] == "Yes" for c in enum)
-    cross = fo.get("/data/CustomersV3",
-                   params={"cross-company": "true", "$filter": "CustomerAccount in ('DE-001','US-001')"})
+    cross = fo.get(
+        "/data/CustomersV3", params={"cross-company": "true", "$filter": "CustomerAccount in ('DE-001','US-001')"}
+    )
     assert sorted(c["CustomerAccount"] for c in cross.json()["value"]) == ["DE-001", "US-001"]
 
 
@@ -251,8 +281,10 @@ def test_create_answers_201_and_sends_a_create_event(fo: httpx.Client, receiver:
 
 def test_writes_by_another_user_carry_that_users_id(start: Callable[..., httpx.Client], receiver: Receiver) -> None:
     demo = start(client_id="demo-user", event_endpoints=[receiver.url])
-    assert demo.patch("/data/CustomersV3(dataAreaId='usmf',CustomerAccount='US-003')",
-                      json={"CreditLimit": 1}).status_code == 204
+    assert (
+        demo.patch("/data/CustomersV3(dataAreaId='usmf',CustomerAccount='US-003')", json={"CreditLimit": 1}).status_code
+        == 204
+    )
     [event] = wait_for(lambda: receiver.events)
     assert event["InitiatingUserId"] == object_id("demo-user") != object_id("dualwrite")
 
@@ -262,8 +294,11 @@ def test_update_and_delete_events_carry_the_pre_image(fo: httpx.Client, receiver
     before = fo.get(url).json()
     stale = fo.patch(url, json={"CreditLimit": 1}, headers={"If-Match": 'W/"1"'})
     assert stale.status_code == 412
-    resp = fo.patch(url, json={"OrganizationName": "Renamed Ltd", "OnHoldStatus": "All"},
-                    headers={"If-Match": before["@odata.etag"]})
+    resp = fo.patch(
+        url,
+        json={"OrganizationName": "Renamed Ltd", "OnHoldStatus": "All"},
+        headers={"If-Match": before["@odata.etag"]},
+    )
     assert resp.status_code == 204 and resp.content == b""
     after = fo.get(url).json()
     assert after["OrganizationName"] == "Renamed Ltd" and after["@odata.etag"] != before["@odata.etag"]
@@ -279,8 +314,10 @@ def test_update_and_delete_events_carry_the_pre_image(fo: httpx.Client, receiver
     assert delete["MessageName"] == "Delete"
     target = delete["InputParameters"][0]["value"]
     assert target["__type"] == "EntityReference:http://schemas.microsoft.com/xrm/2011/Contracts"
-    assert target["KeyAttributes"] == [{"key": "mserp_dataareaid", "value": "usmf"},
-                                       {"key": "mserp_customeraccount", "value": "US-005"}]
+    assert target["KeyAttributes"] == [
+        {"key": "mserp_dataareaid", "value": "usmf"},
+        {"key": "mserp_customeraccount", "value": "US-005"},
+    ]
     assert target["Id"] == update["PrimaryEntityId"] == delete["PrimaryEntityId"] and target["Name"] is None
     assert attrs(delete["PreEntityImages"][0]["value"])["mserp_onholdstatus"] == "All"
 
@@ -298,8 +335,15 @@ def test_patch_has_no_upsert_and_honours_preconditions(fo: httpx.Client) -> None
 
 
 def test_create_in_another_company_by_body_and_group_per_company(fo: httpx.Client) -> None:
-    resp = fo.post("/data/CustomerGroups", json={"dataAreaId": "demf", "CustomerGroupId": "55",
-                                                 "Description": "Export", "IsSalesTaxIncludedInPrice": "Yes"})
+    resp = fo.post(
+        "/data/CustomerGroups",
+        json={
+            "dataAreaId": "demf",
+            "CustomerGroupId": "55",
+            "Description": "Export",
+            "IsSalesTaxIncludedInPrice": "Yes",
+        },
+    )
     assert resp.status_code == 201 and resp.json()["dataAreaId"] == "demf"
     wrong_company = fo.post("/data/CustomersV3", json=new_customer(CustomerGroupId="55"))
     assert wrong_company.status_code == 400 and "Customer group '55' does not exist" in inner(wrong_company)
@@ -311,26 +355,42 @@ def test_create_in_another_company_by_body_and_group_per_company(fo: httpx.Clien
 @pytest.mark.parametrize(
     ("body", "message", "inner_type"),
     [
-        (new_customer(CustomerGroupId="XX"),
-         "Write failed for table row of type 'CustCustomerV3Entity'. Infolog: Error: Customer group 'XX' does not "
-         "exist.", WRITE_EXCEPTION),
+        (
+            new_customer(CustomerGroupId="XX"),
+            "Write failed for table row of type 'CustCustomerV3Entity'. Infolog: Error: Customer group 'XX' does not "
+            "exist.",
+            WRITE_EXCEPTION,
+        ),
         (new_customer(dataAreaId="zzzz"), "Company 'zzzz' does not exist.", WRITE_EXCEPTION),
-        ({"CustomerAccount": "US-901", "OrganizationName": "No group"}, "Field 'CustomerGroupId' must be filled in",
-         WRITE_EXCEPTION),
-        (new_customer(Colour="red"), "The property 'Colour' does not exist on type "
-         "'Microsoft.Dynamics.DataEntities.CustomerV3'", "Microsoft.OData.ODataException"),
-        (new_customer(organizationname="x"), "The property 'organizationname' does not exist",
-         "Microsoft.OData.ODataException"),
+        (
+            {"CustomerAccount": "US-901", "OrganizationName": "No group"},
+            "Field 'CustomerGroupId' must be filled in",
+            WRITE_EXCEPTION,
+        ),
+        (
+            new_customer(Colour="red"),
+            "The property 'Colour' does not exist on type 'Microsoft.Dynamics.DataEntities.CustomerV3'",
+            "Microsoft.OData.ODataException",
+        ),
+        (
+            new_customer(organizationname="x"),
+            "The property 'organizationname' does not exist",
+            "Microsoft.OData.ODataException",
+        ),
         (new_customer(CreditLimit="lots"), "Edm.Decimal", "Microsoft.OData.ODataException"),
         (new_customer(OrganizationNumberOfEmployees=2.5), "Edm.Int32", "Microsoft.OData.ODataException"),
-        (new_customer(OnHoldStatus="Maybe"), "'Maybe' is not valid for enum property 'OnHoldStatus'",
-         "Microsoft.OData.ODataException"),
+        (
+            new_customer(OnHoldStatus="Maybe"),
+            "'Maybe' is not valid for enum property 'OnHoldStatus'",
+            "Microsoft.OData.ODataException",
+        ),
         (new_customer(OrganizationName="x" * 101), "maximum length is 100", WRITE_EXCEPTION),
         (new_customer("US-001"), "The record already exists", WRITE_EXCEPTION),
     ],
 )
-def test_validation_answers_400_with_the_fo_error_body(fo: httpx.Client, body: dict[str, Any], message: str,
-                                                       inner_type: str) -> None:
+def test_validation_answers_400_with_the_fo_error_body(
+    fo: httpx.Client, body: dict[str, Any], message: str, inner_type: str
+) -> None:
     resp = fo.post("/data/CustomersV3", json=body)
     assert resp.status_code == 400
     error = resp.json()["error"]
@@ -344,31 +404,41 @@ def test_invalid_json_is_400(fo: httpx.Client) -> None:
 
 
 # -- $batch -------------------------------------------------------------------------------------------------
-def batch_body(changesets: list[list[tuple[str, str, dict[str, Any] | None]]],
-               singles: list[tuple[str, str]] = ()) -> bytes:  # type: ignore[assignment]
+def batch_body(
+    changesets: list[list[tuple[str, str, dict[str, Any] | None]]], singles: list[tuple[str, str]] = ()
+) -> bytes:  # type: ignore[assignment]
     out = ""
     for i, changeset in enumerate(changesets):
         out += f"--batch_1\r\nContent-Type: multipart/mixed; boundary=changeset_{i}\r\n\r\n"
         for n, (method, url, body) in enumerate(changeset, 1):
-            out += (f"--changeset_{i}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
-                    f"Content-ID: {n}\r\n\r\n{method} {url} HTTP/1.1\r\nContent-Type: application/json\r\n\r\n"
-                    f"{json.dumps(body) if body is not None else ''}\r\n")
+            out += (
+                f"--changeset_{i}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
+                f"Content-ID: {n}\r\n\r\n{method} {url} HTTP/1.1\r\nContent-Type: application/json\r\n\r\n"
+                f"{json.dumps(body) if body is not None else ''}\r\n"
+            )
         out += f"--changeset_{i}--\r\n"
     for method, url in singles:
-        out += (f"--batch_1\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
-                f"{method} {url} HTTP/1.1\r\nAccept: application/json\r\n\r\n\r\n")
+        out += (
+            f"--batch_1\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+            f"{method} {url} HTTP/1.1\r\nAccept: application/json\r\n\r\n\r\n"
+        )
     return (out + "--batch_1--\r\n").encode()
 
 
 def post_batch(client: httpx.Client, body: bytes) -> tuple[httpx.Response, list[Any]]:
-    resp = client.post("/data/$batch", content=body,
-                       headers={"Content-Type": "multipart/mixed; boundary=batch_1"})
+    resp = client.post("/data/$batch", content=body, headers={"Content-Type": "multipart/mixed; boundary=batch_1"})
     return resp, parse_batch_response(resp.content, resp.headers["content-type"])
 
 
 def test_batch_change_set_is_all_or_nothing(fo: httpx.Client, receiver: Receiver) -> None:
-    bad = batch_body([[("POST", "CustomersV3", new_customer("US-950")),
-                       ("POST", "CustomersV3", new_customer("US-951", CustomerGroupId="XX"))]])
+    bad = batch_body(
+        [
+            [
+                ("POST", "CustomersV3", new_customer("US-950")),
+                ("POST", "CustomersV3", new_customer("US-951", CustomerGroupId="XX")),
+            ]
+        ]
+    )
     resp, parts = post_batch(fo, bad)
     assert resp.status_code == 200
     [failure] = parts
@@ -379,8 +449,12 @@ def test_batch_change_set_is_all_or_nothing(fo: httpx.Client, receiver: Receiver
 
     root = str(fo.base_url)
     good = batch_body(
-        [[("POST", f"{root}/data/CustomersV3", new_customer("US-960")),
-          ("PATCH", "/data/CustomersV3(dataAreaId='usmf',CustomerAccount='US-001')", {"CreditLimit": 99})]],
+        [
+            [
+                ("POST", f"{root}/data/CustomersV3", new_customer("US-960")),
+                ("PATCH", "/data/CustomersV3(dataAreaId='usmf',CustomerAccount='US-001')", {"CreditLimit": 99}),
+            ]
+        ],
         singles=[("GET", "CustomersV3(dataAreaId='usmf',CustomerAccount='US-960')?$select=CustomerAccount")],
     )
     resp, parts = post_batch(fo, good)
@@ -395,20 +469,28 @@ def test_batch_change_set_is_all_or_nothing(fo: httpx.Client, receiver: Receiver
 
 
 def test_batch_over_1000_requests_is_400(fo: httpx.Client) -> None:
-    resp = fo.post("/data/$batch", content=batch_body([], singles=[("GET", "LegalEntities")] * 1001),
-                   headers={"Content-Type": "multipart/mixed; boundary=batch_1"})
+    resp = fo.post(
+        "/data/$batch",
+        content=batch_body([], singles=[("GET", "LegalEntities")] * 1001),
+        headers={"Content-Type": "multipart/mixed; boundary=batch_1"},
+    )
     assert resp.status_code == 400 and "1000" in inner(resp)
 
 
 # -- delivery ---------------------------------------------------------------------------------------------
 def test_delivery_retries_the_head_event_until_accepted_keeping_order(
-        start: Callable[..., httpx.Client], servers: list[BackgroundServer]) -> None:
+    start: Callable[..., httpx.Client], servers: list[BackgroundServer]
+) -> None:
     flaky = Receiver(fail_first=3)
     servers.append(flaky.server.start())
     fo = start(event_endpoints=[flaky.url])
     for n in range(5):
-        assert fo.patch("/data/CustomersV3(dataAreaId='usmf',CustomerAccount='US-010')",
-                        json={"CreditLimit": n}).status_code == 204
+        assert (
+            fo.patch(
+                "/data/CustomersV3(dataAreaId='usmf',CustomerAccount='US-010')", json={"CreditLimit": n}
+            ).status_code
+            == 204
+        )
     events = wait_for(lambda: flaky.events if len(flaky.events) == 5 else None)
     limits = [attrs(e["InputParameters"][0]["value"])["mserp_creditlimit"] for e in events]
     assert limits == [0, 1, 2, 3, 4] and flaky.attempts == 8
@@ -425,8 +507,7 @@ def test_undelivered_events_survive_a_restart(tmp_path: Any, servers: list[Backg
     servers.append(first)
     with httpx.Client(base_url=first.url, headers={"Authorization": f"Bearer {token()}"}) as fo:
         assert fo.post("/data/CustomersV3", json=new_customer("US-970")).status_code == 201
-        listing = wait_for(lambda: (r := fo.get("/_standin/events").json())["endpoints"][endpoint]["attempts"]
-                           and r)
+        listing = wait_for(lambda: (r := fo.get("/_standin/events").json())["endpoints"][endpoint]["attempts"] and r)
         assert listing["events"][0]["delivered"] == {endpoint: False}
     first.stop()
     servers.remove(first)
@@ -435,8 +516,10 @@ def test_undelivered_events_survive_a_restart(tmp_path: Any, servers: list[Backg
     servers.append(late.server.start())
     servers.append(BackgroundServer(create_app(settings)).start())
     [event] = wait_for(lambda: late.events)
-    assert event["MessageName"] == "Create" and attrs(event["InputParameters"][0]["value"])[
-        "mserp_customeraccount"] == "US-970"
+    assert (
+        event["MessageName"] == "Create"
+        and attrs(event["InputParameters"][0]["value"])["mserp_customeraccount"] == "US-970"
+    )
 
 
 def test_seeding_raises_no_events(fo: httpx.Client, receiver: Receiver) -> None:
@@ -446,16 +529,45 @@ def test_seeding_raises_no_events(fo: httpx.Client, receiver: Receiver) -> None:
 
 
 def test_event_attributes_dates_and_nulls() -> None:
-    entity = EntityDef("Things", ("dataAreaId", "ThingId"), (
-        Field("dataAreaId"), Field("ThingId"), Field("ValidFrom", "datetime"), Field("ValidTo", "datetime"),
-        Field("Active", "bool"), Field("Kind", "enum", values=("No", "Yes"))),
-        company_field="dataAreaId", event_name="mserp_thingentity", logical_name="ThingEntity")
-    row = Row("11111111-2222-3333-4444-555555555555", 12, "", "", "", "", {
-        "dataAreaId": "usmf", "ThingId": "T1", "ValidFrom": "2019-08-05T10:13:20Z", "ValidTo": None,
-        "Active": 1, "Kind": "Yes"})
+    entity = EntityDef(
+        "Things",
+        ("dataAreaId", "ThingId"),
+        (
+            Field("dataAreaId"),
+            Field("ThingId"),
+            Field("ValidFrom", "datetime"),
+            Field("ValidTo", "datetime"),
+            Field("Active", "bool"),
+            Field("Kind", "enum", values=("No", "Yes")),
+        ),
+        company_field="dataAreaId",
+        event_name="mserp_thingentity",
+        logical_name="ThingEntity",
+    )
+    row = Row(
+        "11111111-2222-3333-4444-555555555555",
+        12,
+        "",
+        "",
+        "",
+        "",
+        {
+            "dataAreaId": "usmf",
+            "ThingId": "T1",
+            "ValidFrom": "2019-08-05T10:13:20Z",
+            "ValidTo": None,
+            "Active": 1,
+            "Kind": "Yes",
+        },
+    )
     event = build_event("Update", entity, row, row, "user-1", "org-1", "contoso", now_ms=1565000000000)
     text = event_json(event)
     assert '"OperationCreatedOn": "\\/Date(1565000000000)\\/"' in text
     values = attrs(json.loads(text)["InputParameters"][0]["value"])
-    assert values == {"mserp_dataareaid": "usmf", "mserp_thingid": "T1", "mserp_validfrom": "/Date(1565000000000)/",
-                      "mserp_active": True, "mserp_kind": "Yes"}
+    assert values == {
+        "mserp_dataareaid": "usmf",
+        "mserp_thingid": "T1",
+        "mserp_validfrom": "/Date(1565000000000)/",
+        "mserp_active": True,
+        "mserp_kind": "Yes",
+    }

@@ -283,3 +283,177 @@ def test_offsets_are_committed_after_apply_and_status_reports(
     assert customers["state"] == "running" and customers["applied"] >= 50 and customers["lag"] == 0
     assert customers["dlq"] >= 1  # the untranslatable and poison records above
     assert ("companies", "dataverse->fo") in rows
+
+
+def _cli(stack: LocalStack, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(stack.config.model_dump(mode="json")))
+    return subprocess.run(
+        [sys.executable, "-m", "dualwrite.cli", *args, "--config", str(cfg_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_dead_letter_is_listed_and_replayed_once_the_cause_is_fixed(
+    stack: LocalStack, fo: httpx.Client, dv: httpx.Client, tmp_path: Path
+) -> None:
+    cid = eventually(lambda: company_id(dv, "usmf"))
+    # A group F&O refuses (description over F&O's 60 characters), then an account in that group.
+    resp = dv.post(
+        "msdyn_customergroups",
+        json={
+            "msdyn_groupid": "88",
+            "msdyn_description": "D" * 80,
+            "msdyn_company@odata.bind": f"/cdm_companies({cid})",
+        },
+    )
+    assert resp.status_code in (201, 204), resp.text
+    group = dv.get(
+        "msdyn_customergroups", params={"$filter": f"msdyn_groupid eq '88' and _msdyn_company_value eq {cid}"}
+    ).json()["value"][0]
+    assert dv.post(
+        "accounts",
+        json={
+            "accountnumber": "T-REPLAY-1",
+            "name": "Waits for group 88",
+            "customertypecode": 3,
+            "msdyn_company@odata.bind": f"/cdm_companies({cid})",
+            "msdyn_customergroupid@odata.bind": f"/msdyn_customergroups({group['msdyn_customergroupid']})",
+        },
+    ).status_code in (201, 204)
+    topic = kafka.topic(stack.config.kafka.topic_prefix, "dataverse", "accounts")
+    letters = eventually(
+        lambda: [d for d in dlq_records(stack, topic) if d.key == b"usmf|T-REPLAY-1"],
+        what="T-REPLAY-1 dead-lettered after the missing-reference timeout",
+    )
+    assert letters[0].headers["dualwrite.error.class"] == "MissingReferenceError"
+    assert int(letters[0].headers["dualwrite.attempts"]) > 1
+
+    listed = _cli(stack, tmp_path, "dlq", "list", kafka.dlq_topic(topic))
+    assert listed.returncode == 0 and "usmf|T-REPLAY-1" in listed.stdout and "MissingReferenceError" in listed.stdout
+
+    # Someone fixes the cause in F&O; replaying that one record now applies it.
+    assert (
+        fo.post(
+            "CustomerGroups", json={"dataAreaId": "usmf", "CustomerGroupId": "88", "Description": "Fixed by hand"}
+        ).status_code
+        == 201
+    )
+    replayed = _cli(stack, tmp_path, "dlq", "replay", kafka.dlq_topic(topic), "--offset", str(letters[0].offset))
+    assert replayed.returncode == 0 and "replayed 1 record" in replayed.stdout, replayed.stderr
+    row = eventually(lambda: customer(fo, "T-REPLAY-1"), what="the replayed record in F&O")
+    assert row["CustomerGroupId"] == "88"
+
+
+def test_malformed_data_event_is_dead_lettered_and_answered(stack: LocalStack) -> None:
+    url = stack.components["fo-producer"].url
+    wrong = httpx.post(url, content=b"{}", headers={"content-type": "application/json"})
+    assert wrong.status_code == 401 and "code" in wrong.json()["error"]
+    bad = httpx.post(f"{url}?code=test-event-secret", content=b"not json at all")
+    assert bad.status_code == 202 and bad.json()["status"] == "dead-lettered"
+    no_target = httpx.post(
+        f"{url}?code=test-event-secret",
+        json={"MessageName": "Create", "PrimaryEntityName": "mserp_custcustomerv3entity"},
+    )
+    assert no_target.status_code == 202 and "Target" in no_target.json()["reason"]
+    topic = f"{stack.config.kafka.topic_prefix}.fo.events.dlq"
+
+    def malformed() -> list[dlq.DeadLetter] | None:
+        found = list(dlq.read_all(stack.config.kafka, topic, idle_s=0.5))
+        return found if len(found) >= 2 else None
+
+    letters = eventually(malformed, what="both malformed events in the DLQ")
+    assert {d.value for d in letters} >= {b"not json at all"}
+    assert all(d.headers["dualwrite.error.message"] for d in letters)
+
+
+def test_topic_values_are_confluent_framed_avro_any_deserializer_reads(stack: LocalStack, dv: httpx.Client) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    topic = kafka.topic(stack.config.kafka.topic_prefix, "fo", "LegalEntities")
+    c = Consumer(
+        {
+            "bootstrap.servers": stack.config.kafka.bootstrap_servers,
+            "group.id": "independent-reader",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        c.assign([TopicPartition(topic, p, 0) for p in range(stack.config.kafka.partitions)])
+        msg = eventually(lambda: (m := c.poll(0.2)) is not None and m.error() is None and m, what="a record")
+    finally:
+        c.close()
+    raw = msg.value()
+    assert raw[0] == 0  # Confluent magic byte, then a 4-byte schema id
+    registry = SchemaRegistryClient({"url": str(stack.config.schema_registry.url).rstrip("/")})
+    schema_id = int.from_bytes(raw[1:5], "big")
+    latest = registry.get_latest_version(f"{topic}-value")
+    assert latest.schema_id == schema_id
+    level = registry.get_config(f"{topic}-value").compatibility_level
+    assert level is not None and level.value == "BACKWARD"
+    value = AvroDeserializer(registry)(raw, SerializationContext(topic, MessageField.VALUE))
+    assert value["entity"] == "LegalEntities" and value["op"] == "snapshot"
+    assert value["key"] == msg.key().decode() and value["after"]["LegalEntityId"].lower() == value["company"]
+
+
+def test_redelivering_the_latest_event_of_every_record_writes_nothing(
+    stack: LocalStack, fo: httpx.Client, dv: httpx.Client
+) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    eventually(lambda: account(dv, "US-025"), what="seed synced")
+    prefix = stack.config.kafka.topic_prefix
+    sources = [
+        kafka.topic(prefix, side, name)
+        for side, name in [
+            ("fo", "LegalEntities"),
+            ("fo", "CustomerGroups"),
+            ("fo", "CustomersV3"),
+            ("dataverse", "cdm_companies"),
+            ("dataverse", "msdyn_customergroups"),
+            ("dataverse", "accounts"),
+        ]
+    ]
+    latest: dict[tuple[str, bytes], Any] = {}
+    c = Consumer(
+        {
+            "bootstrap.servers": stack.config.kafka.bootstrap_servers,
+            "group.id": "redeliver",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        c.assign([TopicPartition(t, p, 0) for t in sources for p in range(stack.config.kafka.partitions)])
+        idle = 0
+        while idle < 10:
+            msg = c.poll(0.1)
+            if msg is None or msg.error():
+                idle += 1
+                continue
+            idle = 0
+            if msg.value() and msg.value()[:1] == b"\x00":  # skip the poison records of another test
+                latest[(msg.topic(), msg.key())] = msg
+    finally:
+        c.close()
+    assert len(latest) > 60
+    # Records that were dead-lettered never converged (the target refused them): re-sending them tries again.
+    refused = {(t, d.key) for t in sources for d in dlq_records(stack, t)}
+    latest = {k: v for k, v in latest.items() if k not in refused}
+    before = stack.writes_by("fo", "dualwrite"), stack.writes_by("dataverse", "dualwrite")
+    p = Producer({"bootstrap.servers": stack.config.kafka.bootstrap_servers})
+    for (topic, key), msg in latest.items():
+        p.produce(topic, key=key, value=msg.value())
+    assert p.flush(10) == 0
+    for side in ("dataverse", "fo"):
+        group = f"{prefix}.consumer.{side}"
+        topics = [t for t in sources if f".{side}." not in t]
+        eventually(
+            lambda g=group, ts=topics: sum(consumer_lag(stack.config.kafka, g, ts).values()) == 0,
+            what=f"{group} caught up",
+        )
+    assert (stack.writes_by("fo", "dualwrite"), stack.writes_by("dataverse", "dualwrite")) == before

@@ -47,7 +47,7 @@ def test_fo_customer_maps_to_account_with_lookups_values_and_constants() -> None
     assert write.values["name"] == "Contoso Retail San Diego"
     assert write.values["msdyn_creditlimitismandatory"] is True
     assert write.values["msdyn_onholdstatus"] == 192350000
-    assert write.values["customertypecode"] == 3 and write.values["address1_addresstypecode"] == 2
+    assert write.defaults == {"customertypecode": 3, "address1_addresstypecode": 2}
     assert write.values["address1_latitude"] == Decimal("32.7157")
     assert "LanguageId" not in write.values and "language" not in str(write.values)
     assert write.lookups["msdyn_customergroupid"] == LookupRef("msdyn_customergroups", "msdyn_groupid", "30", "usmf")
@@ -75,7 +75,7 @@ def test_account_maps_back_to_customer_with_reverse_values_and_fo_constants() ->
     assert write.values["OnHoldStatus"] == "All"
     assert write.values["CreditLimitIsMandatory"] == "No" and write.values["IsOneTimeCustomer"] == "Yes"
     assert write.values["CustomerGroupId"] == "10" and write.values["SalesCurrencyCode"] == "USD"
-    assert write.values["LanguageId"] == "en-us" and write.values["PartyType"] == "Organization"
+    assert write.defaults == {"LanguageId": "en-us", "PartyType": "Organization"}  # only when creating
     assert "DeliveryAddressLatitude" not in write.values  # one-way F&O -> Dataverse
 
 
@@ -132,3 +132,19 @@ def test_convergence_check_treats_blank_as_null_and_numbers_by_value() -> None:
 
 def test_record_key_is_company_then_natural_key() -> None:
     assert record_key("USMF", ["US-001"]) == "usmf|US-001"
+
+
+def test_empty_dataverse_values_become_fo_empties_and_converge() -> None:
+    account = {
+        "accountnumber": "A",
+        "customertypecode": 3,
+        "msdyn_onholdstatus": None,
+        "msdyn_creditlimitismandatory": None,
+        "creditlimit": None,
+    }
+    write = map_event(MAPS["customers"], event(Side.DATAVERSE, "accounts", account, "usmf|A"))
+    assert write is not None
+    assert write.values["OnHoldStatus"] == "No" and write.values["CreditLimitIsMandatory"] == "No"
+    fo_row = {"OnHoldStatus": "No", "CreditLimitIsMandatory": "No", "CreditLimit": 0.0, "OrganizationName": ""}
+    assert changed_fields({k: write.values[k] for k in fo_row}, fo_row, no_nulls=True) == {}
+    assert changed_fields({"CreditLimit": None}, {"CreditLimit": 0.0}) == {"CreditLimit": None}

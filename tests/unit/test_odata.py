@@ -49,8 +49,10 @@ def resolve(name: str) -> Column:
 @pytest.fixture(scope="module")
 def db() -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:")
-    conn.execute('CREATE TABLE t (id INTEGER, "Name" TEXT COLLATE NOCASE, "Limit" REAL, "Count" INTEGER,'
-                 ' "Active" INTEGER, "Blocked" TEXT, "Company" TEXT, "Created" TEXT)')
+    conn.execute(
+        'CREATE TABLE t (id INTEGER, "Name" TEXT COLLATE NOCASE, "Limit" REAL, "Count" INTEGER,'
+        ' "Active" INTEGER, "Blocked" TEXT, "Company" TEXT, "Created" TEXT)'
+    )
     rows = [
         (1, "Forest Wholesales", 1000.0, 5, 1, "No", GUID, "2026-01-01T00:00:00Z"),
         (2, "Sparrow Retail", 5000.0, 50, 0, "All", GUID, "2026-06-01T00:00:00Z"),
@@ -71,13 +73,17 @@ def test_fo_compound_key_with_quotes_escaped() -> None:
     name, key, rest = split_resource_path("CustomersV3(dataAreaId='usmf',CustomerAccount='O''Brien (1)')")
     assert (name, rest) == ("CustomersV3", "")
     assert parse_key(key or "") == {
-        "dataAreaId": Lit("string", "usmf"), "CustomerAccount": Lit("string", "O'Brien (1)")}
+        "dataAreaId": Lit("string", "usmf"),
+        "CustomerAccount": Lit("string", "O'Brien (1)"),
+    }
 
 
 def test_guid_key_alternate_key_and_single_string_key() -> None:
     assert parse_key(GUID) == {None: Lit("guid", GUID)}
     assert parse_key(f"accountnumber='US-001',msdyn_company={GUID}") == {
-        "accountnumber": Lit("string", "US-001"), "msdyn_company": Lit("guid", GUID)}
+        "accountnumber": Lit("string", "US-001"),
+        "msdyn_company": Lit("guid", GUID),
+    }
     assert parse_key("cdm_companycode='usmf'") == {"cdm_companycode": Lit("string", "usmf")}
     assert parse_key("42") == {None: Lit("int", 42)}
 
@@ -257,8 +263,10 @@ def test_bad_batches_are_query_errors(body: str, content_type: str, message: str
 
 
 def test_batch_over_1000_requests_is_refused() -> None:
-    part = ("--b\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
-            "GET accounts HTTP/1.1\r\n\r\n\r\n")
+    part = (
+        "--b\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+        "GET accounts HTTP/1.1\r\n\r\n\r\n"
+    )
     with pytest.raises(QueryError) as err:
         parse_batch((part * 1001 + "--b--\r\n").encode(), "multipart/mixed; boundary=b")
     assert "1000" in err.value.message

@@ -255,7 +255,10 @@ class ConsumerLoop:
         rc = self.cfg.consumer.retry
         backoff = min(rc.max_backoff_s, rc.initial_backoff_s * (2 ** (retry.attempts - 1)))
         backoff *= random.uniform(0.5, 1.0)  # jitter keeps many consumers from retrying in step
-        if isinstance(error, RetryableError) and error.retry_after:
+        if isinstance(error, ThrottledError) and error.retry_after:
+            # The service said when; growing our own backoff on top would only idle the budget.
+            backoff = error.retry_after * random.uniform(1.0, 1.2)
+        elif isinstance(error, RetryableError) and error.retry_after:
             backoff = max(backoff, error.retry_after)
         log.info("retrying %s[%d]@%d in %.2fs (attempt %d): %s", tp[0], tp[1], offset, backoff, retry.attempts, error)
         part = TopicPartition(tp[0], tp[1], offset)

@@ -71,7 +71,7 @@ def test_broker_outage_loses_nothing(stack: LocalStack) -> None:
 
 @pytest.mark.parametrize(
     "stack",
-    [{"dataverse_settings": {"max_requests": 12, "window_s": 2}, "dataverse_producer": {"poll_interval_s": 1.0}}],
+    [{"dataverse_settings": {"max_requests": 20, "window_s": 2}, "dataverse_producer": {"poll_interval_s": 1.0}}],
     indirect=True,
 )
 def test_dataverse_throttling_is_waited_out(stack: LocalStack) -> None:
@@ -79,7 +79,7 @@ def test_dataverse_throttling_is_waited_out(stack: LocalStack) -> None:
     # The demo user has its own budget; keep the test's reads gentle anyway.
     eventually(
         lambda: len(accounts(dv, "US-")) == 25 and len(accounts(dv, "DE-")) == 25,
-        timeout_s=120,
+        timeout_s=180,
         interval_s=0.5,
         what="all seeded customers despite 429s",
     )

@@ -2,71 +2,33 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections import defaultdict
 from typing import Any
 
-from consumers.target import APPLIED, SKIPPED, Result, from_error
+from consumers.target import APPLIED, Ident, ODataTarget, Result, from_error
 from dualwrite import odata
 from dualwrite.dataverse import COMPANY_LOOKUP, DataverseClient, LookupCache
-from dualwrite.errors import DualWriteError, MissingReferenceError
+from dualwrite.errors import MissingReferenceError
 from dualwrite.mapping import LookupRef, TargetWrite, changed_fields
 from dualwrite.tablemap import TableMap
-
-log = logging.getLogger("dualwrite.consumer.target")
 
 _CHUNK = 40
 
 
-class DataverseTarget:
+class DataverseTarget(ODataTarget):
+    system = "Dataverse"
+
     def __init__(self, client: DataverseClient, maps: dict[str, TableMap], lookups: LookupCache) -> None:
+        super().__init__(maps)
         self.client = client
-        self.maps = maps
         self.lookups = lookups
 
     def close(self) -> None:
         self.client.close()
 
-    def apply_batch(self, writes: list[TargetWrite]) -> list[Result]:
-        results: list[Result | None] = [None] * len(writes)
-        parts: list[odata.BatchPart] = []
-        owners: list[tuple[int, TargetWrite]] = []
-        by_map: dict[str, list[int]] = defaultdict(list)
-        for i, w in enumerate(writes):
-            by_map[w.map_name].append(i)
-        for map_name, idxs in by_map.items():
-            m = self.maps[map_name]
-            try:
-                current = self._current_rows(m, [writes[i] for i in idxs])
-            except DualWriteError as exc:
-                for i in idxs:
-                    results[i] = from_error(exc)
-                continue
-            for i in idxs:
-                w = writes[i]
-                try:
-                    part = self._plan(m, w, current.get(_ident(w)))
-                except DualWriteError as exc:
-                    results[i] = from_error(exc)
-                    continue
-                if part is None:
-                    results[i] = SKIPPED
-                else:
-                    parts.append(part)
-                    owners.append((i, w))
-        for part in parts:
-            log.debug("%s %s %s %s", "Dataverse", part.method, part.url, sorted((part.body or {}).keys()))
-        if parts:
-            try:
-                answers = self.client.batch(parts)
-            except DualWriteError as exc:
-                for i, _ in owners:
-                    results[i] = from_error(exc)
-                answers = []
-            for (i, w), part, answer in zip(owners, parts, answers, strict=False):
-                results[i] = self._result(w, part, answer)
-        return [r if r is not None else SKIPPED for r in results]
+    def send(self, parts: list[odata.BatchPart]) -> list[odata.PartResult]:
+        return self.client.batch(parts)
 
     def _company_guid(self, company: str) -> str:
         guid = self.lookups.company_id(company)
@@ -74,9 +36,7 @@ class DataverseTarget:
             raise MissingReferenceError(f"company {company!r} is not in cdm_companies yet")
         return guid
 
-    def _current_rows(
-        self, m: TableMap, writes: list[TargetWrite]
-    ) -> dict[tuple[str, tuple[str, ...]], dict[str, Any]]:
+    def current_rows(self, m: TableMap, writes: list[TargetWrite]) -> dict[Ident, dict[str, Any]]:
         """The target rows the writes address, by (company, lower-cased key)."""
         dv = m.dataverse
         lookups = {f.dataverse for f in m.fields if f.dataverse and f.lookup is not None}
@@ -84,7 +44,7 @@ class DataverseTarget:
             lookups.add(dv.company_lookup)
         plain = {f.dataverse for f in m.fields if f.dataverse and f.lookup is None}
         select = [dv.primary_key, *sorted(plain | {f"_{nav}_value" for nav in lookups})]
-        found: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+        found: dict[Ident, dict[str, Any]] = {}
         by_company: dict[str, list[TargetWrite]] = defaultdict(list)
         for w in writes:
             by_company[w.company].append(w)
@@ -109,7 +69,7 @@ class DataverseTarget:
             raise MissingReferenceError(f"{ref.entity_set} row {ref.key_field}={ref.value!r}{where} does not exist yet")
         return guid
 
-    def _plan(self, m: TableMap, w: TargetWrite, row: dict[str, Any] | None) -> odata.BatchPart | None:
+    def plan(self, m: TableMap, w: TargetWrite, row: dict[str, Any] | None) -> odata.BatchPart | None:
         dv = m.dataverse
         if w.op == "delete":
             if row is None:
@@ -145,31 +105,23 @@ class DataverseTarget:
             raw = frozenset({dv.company_lookup})
         return odata.BatchPart("PATCH", odata.key_segment(dv.entity_set, key, raw), body, {"If-None-Match": "*"})
 
-    def _result(self, w: TargetWrite, part: odata.BatchPart, answer: odata.PartResult) -> Result:
-        what = f"Dataverse {part.method} {part.url}"
-        if answer.status == 404 and part.method == "DELETE":
-            return SKIPPED  # already gone: the delete converged
-        if answer.status == 404:
+    def judge(self, w: TargetWrite, part: odata.BatchPart, answer: odata.PartResult) -> Result:
+        if answer.status == 404 and part.method != "DELETE":
             # A bound row vanished since we cached its GUID; resolve afresh next time.
             for ref in w.lookups.values():
                 if ref is not None:
                     self.lookups.drop_table(ref.entity_set)
+            what = f"Dataverse {part.method} {part.url}"
             return from_error(MissingReferenceError(f"{what}: a lookup target is missing ({answer.text[:200]})"))
-        error = answer.error(what)
-        if error is not None:
-            return from_error(error)
+        result = super().judge(w, part, answer)
         entity_id = answer.headers.get("odata-entityid")
-        if entity_id and part.method == "PATCH" and "If-None-Match" in part.headers:
+        if result is APPLIED and entity_id and "If-None-Match" in part.headers:
             _remember_created(self.lookups, part.url, entity_id, w)
-        return APPLIED
+        return result
 
 
 def _set_of(ref: LookupRef | None, nav: str) -> str:
     return ref.entity_set if ref is not None else nav
-
-
-def _ident(w: TargetWrite) -> tuple[str, tuple[str, ...]]:
-    return w.company, tuple(str(v).lower() for v in w.key.values())
 
 
 def _remember_created(cache: LookupCache, url: str, entity_id: str, w: TargetWrite) -> None:

@@ -2,74 +2,31 @@
 
 from __future__ import annotations
 
-import logging
-from collections import defaultdict
 from typing import Any
 
-from consumers.target import APPLIED, SKIPPED, Result, from_error
+from consumers.target import Ident, ODataTarget
 from dualwrite import odata
-from dualwrite.errors import DualWriteError, MissingReferenceError
+from dualwrite.errors import MissingReferenceError
 from dualwrite.fo import FoClient
 from dualwrite.mapping import TargetWrite, changed_fields
 from dualwrite.tablemap import TableMap
 
-log = logging.getLogger("dualwrite.consumer.target")
-
 _CHUNK = 25
 
 
-class FoTarget:
+class FoTarget(ODataTarget):
+    system = "F&O"
+
     def __init__(self, client: FoClient, maps: dict[str, TableMap]) -> None:
+        super().__init__(maps)
         self.client = client
-        self.maps = maps
         self._known_refs: set[tuple[str, str, str]] = set()
 
     def close(self) -> None:
         self.client.close()
 
-    def apply_batch(self, writes: list[TargetWrite]) -> list[Result]:
-        results: list[Result | None] = [None] * len(writes)
-        parts: list[odata.BatchPart] = []
-        owners: list[int] = []
-        by_map: dict[str, list[int]] = defaultdict(list)
-        for i, w in enumerate(writes):
-            by_map[w.map_name].append(i)
-        for map_name, idxs in by_map.items():
-            m = self.maps[map_name]
-            try:
-                current = self._current_rows(m, [writes[i] for i in idxs])
-            except DualWriteError as exc:
-                for i in idxs:
-                    results[i] = from_error(exc)
-                continue
-            for i in idxs:
-                w = writes[i]
-                try:
-                    part = self._plan(m, w, current.get(_ident(w)))
-                except DualWriteError as exc:
-                    results[i] = from_error(exc)
-                    continue
-                if part is None:
-                    results[i] = SKIPPED
-                else:
-                    parts.append(part)
-                    owners.append(i)
-        for part in parts:
-            log.debug("%s %s %s %s", "F&O", part.method, part.url, sorted((part.body or {}).keys()))
-        if parts:
-            try:
-                answers = self.client.batch(parts)
-            except DualWriteError as exc:
-                answers = []
-                for i in owners:
-                    results[i] = from_error(exc)
-            for i, part, answer in zip(owners, parts, answers, strict=False):
-                if answer.status == 404 and part.method == "DELETE":
-                    results[i] = SKIPPED
-                    continue
-                error = answer.error(f"F&O {part.method} {part.url}")
-                results[i] = APPLIED if error is None else from_error(error)
-        return [r if r is not None else SKIPPED for r in results]
+    def send(self, parts: list[odata.BatchPart]) -> list[odata.PartResult]:
+        return self.client.batch(parts)
 
     def _key(self, m: TableMap, w: TargetWrite) -> dict[str, Any]:
         key = dict(w.key)
@@ -77,12 +34,10 @@ class FoTarget:
             key = {m.fo.company_field: w.company, **key}
         return key
 
-    def _current_rows(
-        self, m: TableMap, writes: list[TargetWrite]
-    ) -> dict[tuple[str, tuple[str, ...]], dict[str, Any]]:
+    def current_rows(self, m: TableMap, writes: list[TargetWrite]) -> dict[Ident, dict[str, Any]]:
         fo = m.fo
         select = sorted({f.fo for f in m.fields if f.fo} | {fo.company_field, *fo.key})
-        found: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+        found: dict[Ident, dict[str, Any]] = {}
         for start in range(0, len(writes), _CHUNK):
             chunk = writes[start : start + _CHUNK]
             flt = " or ".join(
@@ -114,7 +69,7 @@ class FoTarget:
                 )
             self._known_refs.add(marker)
 
-    def _plan(self, m: TableMap, w: TargetWrite, row: dict[str, Any] | None) -> odata.BatchPart | None:
+    def plan(self, m: TableMap, w: TargetWrite, row: dict[str, Any] | None) -> odata.BatchPart | None:
         url = odata.key_segment(m.fo.entity_set, self._key(m, w))
         if w.op == "delete":
             return None if row is None else odata.BatchPart("DELETE", url)
@@ -127,7 +82,3 @@ class FoTarget:
         self._check_references(m, w)
         body = {**w.defaults, **w.values, **self._key(m, w)}
         return odata.BatchPart("POST", m.fo.entity_set, body)
-
-
-def _ident(w: TargetWrite) -> tuple[str, tuple[str, ...]]:
-    return w.company.lower(), tuple(str(v).lower() for v in w.key.values())

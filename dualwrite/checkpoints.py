@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import time
-import uuid
-
-from confluent_kafka import TopicPartition
-
 from dualwrite import kafka
 from dualwrite.config import KafkaConfig
 from dualwrite.errors import RetryableError
@@ -22,30 +17,13 @@ class CheckpointStore:
         self.values: dict[str, str] = {}
 
     def load(self, idle_s: float = 1.0) -> dict[str, str]:
-        c = kafka.consumer(self.cfg, f"{self.cfg.topic_prefix}.checkpoint-reader.{uuid.uuid4().hex}")
-        try:
-            meta = c.list_topics(self.topic, timeout=10).topics.get(self.topic)
-            if meta is None or meta.error is not None:
-                return self.values
-            parts = [TopicPartition(self.topic, p, 0) for p in meta.partitions]
-            ends = {p.partition: c.get_watermark_offsets(p, timeout=10)[1] for p in parts}
-            c.assign(parts)
-            last = time.monotonic()
-            while time.monotonic() - last < idle_s:
-                msg = c.poll(0.1)
-                if msg is None or msg.error():
-                    if all(e == 0 for e in ends.values()):
-                        break
-                    continue
-                last = time.monotonic()
-                key = (msg.key() or b"").decode()
-                value = msg.value()
-                if value is None:
-                    self.values.pop(key, None)
-                else:
-                    self.values[key] = value.decode()
-        finally:
-            c.close()
+        for msg in kafka.read_to_end(self.cfg, self.topic, idle_s):
+            key = (msg.key() or b"").decode()
+            value = msg.value()
+            if value is None:
+                self.values.pop(key, None)
+            else:
+                self.values[key] = value.decode()
         return self.values
 
     def get(self, key: str) -> str | None:

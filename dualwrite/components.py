@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 from consumers.dataverse import DataverseTarget
@@ -15,7 +16,7 @@ from dualwrite import kafka, registry
 from dualwrite.config import Config
 from dualwrite.dataverse import DataverseClient, LookupCache
 from dualwrite.envelope import Side
-from dualwrite.errors import ConfigError
+from dualwrite.errors import ConfigError, DualWriteError
 from dualwrite.fo import FoClient
 from dualwrite.metrics import OpsServer
 from dualwrite.server import BackgroundServer
@@ -37,6 +38,21 @@ class Component(Protocol):
 
     def ready(self) -> bool: ...
 
+    def alive(self) -> bool: ...
+
+
+def _guarded(name: str, work: Callable[[], None]) -> Callable[[], None]:
+    """Process boundary of a worker thread: an unexpected error is logged with context, not lost."""
+
+    def run() -> None:
+        try:
+            work()
+        except Exception:
+            log.exception("%s stopped on an unexpected error", name)
+            raise
+
+    return run
+
 
 def enabled_maps(cfg: Config) -> dict[str, TableMap]:
     return load_maps(cfg.maps_dir, cfg.maps)
@@ -53,17 +69,22 @@ class FoProducerComponent:
     def __init__(self, cfg: Config, maps: dict[str, TableMap]) -> None:
         self.producer = FoProducer(cfg, maps)
         self.http = BackgroundServer(self.producer.app, cfg.fo_producer.listen_host, cfg.fo_producer.listen_port)
-        self.ops = OpsServer(cfg.ops.host, cfg.ops.port, self.ready)
+        self.ops = OpsServer(cfg.ops.host, cfg.ops.port, self.ready, self.alive)
         self.ops_url = self.ops.url
         self.url = f"{self.http.url}{cfg.fo_producer.path}"
+        self._snapshot: threading.Thread | None = None
 
     def start(self) -> None:
         self.ops.start()
         self.http.start()
-        self.producer.start_background()
+        self._snapshot = self.producer.start_background()
 
     def ready(self) -> bool:
         return self.producer.ready.is_set()
+
+    def alive(self) -> bool:
+        snapshot_died = self._snapshot is not None and not self._snapshot.is_alive() and not self.ready()
+        return self.http.thread.is_alive() and not snapshot_died
 
     def stop(self) -> None:
         self.http.stop()
@@ -74,16 +95,22 @@ class FoProducerComponent:
 class DataverseProducerComponent:
     def __init__(self, cfg: Config, maps: dict[str, TableMap]) -> None:
         self.producer = DataverseProducer(cfg, maps)
-        self.ops = OpsServer(cfg.ops.host, cfg.ops.port, self.ready)
+        self.ops = OpsServer(cfg.ops.host, cfg.ops.port, self.ready, self.alive)
         self.ops_url = self.ops.url
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self.ops.start()
-        self._thread = self.producer.start_background()
+        self._thread = threading.Thread(
+            target=_guarded("dataverse-producer", self.producer.run), daemon=True, name="dataverse-producer"
+        )
+        self._thread.start()
 
     def ready(self) -> bool:
         return self.producer.ready.is_set()
+
+    def alive(self) -> bool:
+        return self._thread is None or self._thread.is_alive()
 
     def stop(self) -> None:
         self.producer.stop()
@@ -102,9 +129,10 @@ class ConsumerComponent:
             target = FoTarget(FoClient(cfg.fo), maps)
         deserializer = registry.EventDeserializer(registry.client(cfg.schema_registry))
         self.loop = ConsumerLoop(cfg, maps, towards, target, deserializer)
-        self.ops = OpsServer(cfg.ops.host, cfg.ops.port, self.ready)
+        self.ops = OpsServer(cfg.ops.host, cfg.ops.port, self.ready, self.alive)
         self.ops_url = self.ops.url
-        self._thread = threading.Thread(target=self.loop.run, daemon=True, name=f"consumer-{towards.value}")
+        name = f"consumer-{towards.value}"
+        self._thread = threading.Thread(target=_guarded(name, self.loop.run), daemon=True, name=name)
 
     def start(self) -> None:
         self.ops.start()
@@ -112,6 +140,9 @@ class ConsumerComponent:
 
     def ready(self) -> bool:
         return self.loop.assigned.is_set()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         self.loop.stop()
@@ -138,5 +169,8 @@ def run_until_signalled(component: Component) -> None:
         signal.signal(sig, lambda *_: stop.set())
     component.start()
     log.info("started; ops at %s", component.ops_url)
-    stop.wait()
+    while not stop.wait(1.0):
+        if not component.alive():
+            component.stop()
+            raise DualWriteError("the component's worker stopped on an unexpected error (logged above)")
     component.stop()

@@ -7,12 +7,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Message, Producer
 
 from dualwrite.config import KafkaConfig
 from dualwrite.errors import DualWriteError, RetryableError
-from dualwrite.kafka import consumer as make_consumer
-from dualwrite.kafka import dlq_topic
+from dualwrite.kafka import dlq_topic, read_to_end
 
 H = "dualwrite."
 
@@ -70,27 +69,11 @@ class DeadLetter:
 
 def read_all(cfg: KafkaConfig, topic: str, idle_s: float = 1.5) -> Iterator[DeadLetter]:
     """Every record in a DLQ topic, oldest first (reads without a consumer group)."""
-    c: Consumer = make_consumer(cfg, group_id=f"dualwrite-dlq-reader-{time.time_ns()}")
-    try:
-        meta = c.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise DualWriteError(f"topic {topic} does not exist")
-        c.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-        last = time.monotonic()
-        while time.monotonic() - last < idle_s:
-            msg = c.poll(0.2)
-            if msg is None or msg.error():
-                continue
-            last = time.monotonic()
-            hdrs = {  # type: ignore[str-unpack]
-                k: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v or "")
-                for k, v in msg.headers() or []
-            }
-            yield DeadLetter(
-                msg.topic() or topic, msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(), hdrs
-            )
-    finally:
-        c.close()
+    for msg in read_to_end(cfg, topic, idle_s, missing_ok=False):
+        hdrs: dict[str, str] = {}
+        for k, v in msg.headers() or []:  # type: ignore[str-unpack]
+            hdrs[k] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v or "")
+        yield DeadLetter(msg.topic() or topic, msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(), hdrs)
 
 
 def replay(cfg: KafkaConfig, producer: Producer, letters: list[DeadLetter]) -> int:

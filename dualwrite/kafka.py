@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from dualwrite.config import KafkaConfig
@@ -110,3 +113,32 @@ def consumer(cfg: KafkaConfig, group_id: str, session_timeout_ms: int = 6000, **
         **overrides,
     }
     return Consumer(settings)
+
+
+def read_to_end(cfg: KafkaConfig, topic: str, idle_s: float = 1.0, missing_ok: bool = True) -> Iterator[Message]:
+    """Every record of `topic` from the start, without a consumer group, until none came for `idle_s`.
+
+    Idle time, not the high watermark, ends the read: tansu under-reports the watermark of a batch.
+    """
+    from dualwrite.errors import DualWriteError
+
+    c = consumer(cfg, f"{cfg.topic_prefix}.reader.{uuid.uuid4().hex}")
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            if missing_ok:
+                return
+            raise DualWriteError(f"topic {topic} does not exist")
+        parts = [TopicPartition(topic, p, 0) for p in meta.partitions]
+        if all(c.get_watermark_offsets(p, timeout=10)[1] == 0 for p in parts):
+            return
+        c.assign(parts)
+        last = time.monotonic()
+        while time.monotonic() - last < idle_s:
+            msg = c.poll(0.1)
+            if msg is None or msg.error():
+                continue
+            last = time.monotonic()
+            yield msg
+    finally:
+        c.close()

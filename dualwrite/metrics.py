@@ -65,15 +65,18 @@ CHECKPOINT_AGE = Gauge(
 class OpsServer:
     """Serves /metrics, /healthz (process alive) and /readyz (the component's own readiness check)."""
 
-    def __init__(self, host: str, port: int, ready: Callable[[], bool] = lambda: True) -> None:
-        ready_check = ready
+    def __init__(
+        self, host: str, port: int, ready: Callable[[], bool] = lambda: True, alive: Callable[[], bool] = lambda: True
+    ) -> None:
+        ready_check, alive_check = ready, alive
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 if self.path == "/metrics":
                     self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
                 elif self.path == "/healthz":
-                    self._send(200, b"ok\n", "text/plain")
+                    ok = alive_check()
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"worker stopped\n", "text/plain")
                 elif self.path == "/readyz":
                     ok = ready_check()
                     self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain")

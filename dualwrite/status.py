@@ -55,25 +55,11 @@ class StatusPublisher:
 
 def read_status(cfg: KafkaConfig, idle_s: float = 1.0) -> list[dict[str, Any]]:
     """The latest status record of every instance that ever published."""
-    topic = kafka.status_topic(cfg.topic_prefix)
-    c = kafka.consumer(cfg, f"{cfg.topic_prefix}.status-reader.{uuid.uuid4().hex}")
     latest: dict[bytes, dict[str, Any]] = {}
-    try:
-        meta = c.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return []
-        c.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-        last = time.monotonic()
-        while time.monotonic() - last < idle_s:
-            msg = c.poll(0.1)
-            if msg is None or msg.error():
-                continue
-            last = time.monotonic()
-            value = msg.value()
-            if value:
-                latest[msg.key() or b""] = json.loads(value)
-    finally:
-        c.close()
+    for msg in kafka.read_to_end(cfg, kafka.status_topic(cfg.topic_prefix), idle_s):
+        value = msg.value()
+        if value:
+            latest[msg.key() or b""] = json.loads(value)
     return list(latest.values())
 
 

@@ -192,8 +192,3 @@ class DataverseProducer:
             else:
                 after[name] = row.get(name)
         return after
-
-    def start_background(self) -> threading.Thread:
-        t = threading.Thread(target=self.run, daemon=True, name="dataverse-producer")
-        t.start()
-        return t

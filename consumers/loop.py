@@ -21,6 +21,7 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 from consumers.target import Outcome, Result, Target
 from dualwrite import dlq, kafka, metrics
 from dualwrite.config import Config
+from dualwrite.control import ControlFollower
 from dualwrite.envelope import ChangeEvent, Side
 from dualwrite.errors import DualWriteError, MissingReferenceError, PermanentError, RetryableError, ThrottledError
 from dualwrite.mapping import TargetWrite, map_event
@@ -84,6 +85,9 @@ class ConsumerLoop:
         self._done_ahead: dict[tuple[str, int], set[int]] = {}
         self._retries: dict[tuple[str, int, int], _Retry] = {}
         self._block_offset: dict[tuple[str, int], int] = {}
+        self._held: set[tuple[str, int]] = set()  # partitions of paused maps
+        self._pauses_checked = 0.0
+        self.control = ControlFollower(cfg.kafka)
         self.assigned = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -91,15 +95,19 @@ class ConsumerLoop:
         self._stop.set()
 
     def run(self) -> None:
+        self.control.start()
+        self.control.caught_up.wait(10)  # know which maps are paused before applying anything
         self.consumer.subscribe(list(self.routes), on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not self._stop.is_set():
                 self._resume_due()
+                self._follow_pauses()
                 msgs = self.consumer.consume(self.cfg.consumer.batch_size, self.cfg.consumer.poll_timeout_s)
                 if msgs:
                     self._process(msgs)
                 self.status.tick()
         finally:
+            self.control.stop()
             self.status.tick(force=True)
             self.consumer.close()
             self.producer.flush(10)
@@ -113,6 +121,30 @@ class ConsumerLoop:
             key = (tp.topic, tp.partition)
             self._blocked.pop(key, None)
             self._done_ahead.pop(key, None)
+            self._held.discard(key)
+
+    def _follow_pauses(self, every_s: float = 0.2) -> None:
+        """Hold the partitions of paused maps (changes wait in Kafka); release them on resume."""
+        now = time.monotonic()
+        if now - self._pauses_checked < every_s:
+            return
+        self._pauses_checked = now
+        paused = self.control.paused
+        for m in self.routes.values():
+            metrics.MAP_PAUSED.labels(m.name, self.direction).set(1 if m.name in paused else 0)
+        release = [tp for tp in self._held if self.routes[tp[0]].name not in paused]
+        if release:
+            self.consumer.resume([TopicPartition(t, p) for t, p in release])
+            self._held.difference_update(release)
+            log.info("map(s) resumed: applying what waited on %s", sorted(release))
+        hold = [
+            (tp.topic, tp.partition)
+            for tp in self.consumer.assignment()
+            if self.routes[tp.topic].name in paused and (tp.topic, tp.partition) not in self._held
+        ]
+        if hold:
+            self.consumer.pause([TopicPartition(t, p) for t, p in hold])
+            self._held.update(hold)
 
     def _on_stats(self, stats_json: str) -> None:
         """Lag per topic from librdkafka's statistics (no extra broker requests on the hot loop)."""
@@ -136,8 +168,11 @@ class ConsumerLoop:
                     log.warning("consume error: %s", err)
                 continue
             tp = (msg.topic() or "", msg.partition() or 0)
-            if tp in self._blocked:
+            if tp in self._blocked or tp in self._held:
                 continue  # fetched before the pause; it comes again after the seek
+            if self.routes[tp[0]].name in self.control.paused:
+                self._hold(tp, msg.offset() or 0)
+                continue
             ahead = self._done_ahead.get(tp)
             if ahead and (msg.offset() or 0) in ahead:
                 ahead.discard(msg.offset() or 0)
@@ -242,6 +277,12 @@ class ConsumerLoop:
         outcome = "filtered" if result is FILTERED else result.outcome.value
         metrics.RECORDS.labels(it.map_name, self.direction, outcome).inc()
         self.status.count(it.map_name, outcome)
+
+    def _hold(self, tp: tuple[str, int], offset: int) -> None:
+        part = TopicPartition(tp[0], tp[1], offset)
+        self.consumer.pause([part])
+        self.consumer.seek(part)
+        self._held.add(tp)
 
     def _exhausted(self, retry: _Retry, error: DualWriteError | None) -> bool:
         rc = self.cfg.consumer.retry

@@ -131,9 +131,10 @@ def status(config_path: Path | None, as_json: bool) -> None:
     header = f"{'map':<18}{'direction':<22}{'state':<10}{'lag':>8}{'applied':>10}{'skipped':>10}{'dlq':>8}"
     click.echo(header)
     for r in rows:
+        note = f"  refers to paused: {', '.join(r['waits_on'])}" if r["waits_on"] else ""
         click.echo(
             f"{r['map']:<18}{r['direction']:<22}{r['state']:<10}{r['lag']:>8}{r['applied']:>10}"
-            f"{r['skipped']:>10}{r['dlq']:>8}"
+            f"{r['skipped']:>10}{r['dlq']:>8}{note}"
         )
 
 
@@ -174,6 +175,63 @@ def dlq_replay(topic: str, offsets: tuple[int, ...], config_path: Path | None) -
     letters = [d for d in dead.read_all(cfg.kafka, topic) if not offsets or d.offset in offsets]
     n = dead.replay(cfg.kafka, kafka.producer(cfg.kafka), letters)
     click.echo(f"replayed {n} record(s) from {topic}")
+
+
+@cli.group("map")
+def map_group() -> None:
+    """Pause, resume and show table maps (the state lives in Kafka and survives restarts)."""
+
+
+def _set_map_state(config_path: Path | None, names: tuple[str, ...], state: str) -> None:
+    from dualwrite import control
+    from dualwrite.components import enabled_maps
+
+    cfg = _config(config_path)
+    maps = enabled_maps(cfg)
+    unknown = sorted(set(names) - set(maps))
+    if unknown:
+        raise DualWriteError(f"unknown map(s) {', '.join(unknown)}; known: {', '.join(sorted(maps))}")
+    for name in names:
+        control.set_state(cfg.kafka, name, state)
+        click.echo(f"{name}: {state}")
+
+
+@map_group.command("pause")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--config", "config_path", type=click.Path(path_type=Path))
+def map_pause(names: tuple[str, ...], config_path: Path | None) -> None:
+    """Stop applying these maps; their changes wait in Kafka."""
+    _set_map_state(config_path, names, "paused")
+
+
+@map_group.command("resume")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--config", "config_path", type=click.Path(path_type=Path))
+def map_resume(names: tuple[str, ...], config_path: Path | None) -> None:
+    """Apply these maps again, catching up in order."""
+    _set_map_state(config_path, names, "running")
+
+
+@map_group.command("status")
+@click.argument("names", nargs=-1)
+@click.option("--config", "config_path", type=click.Path(path_type=Path))
+def map_status(names: tuple[str, ...], config_path: Path | None) -> None:
+    """Each map's state, and the paused maps it waits on."""
+    from dualwrite import control
+    from dualwrite.components import enabled_maps
+    from dualwrite.order import dependency_order, waits_on
+
+    cfg = _config(config_path)
+    maps = enabled_maps(cfg)
+    states = control.read_states(cfg.kafka)
+    paused = {m for m, st in states.items() if st.get("state") == "paused"}
+    for name in dependency_order(maps):
+        if names and name not in names:
+            continue
+        state = "paused" if name in paused else "running"
+        blocked = waits_on(maps, name, paused)
+        note = f"  (refers to paused: {', '.join(blocked)})" if blocked else ""
+        click.echo(f"{name:<18} {state}{note}")
 
 
 @cli.command("maps")

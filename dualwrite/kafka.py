@@ -28,6 +28,10 @@ def checkpoint_topic(prefix: str) -> str:
     return f"{prefix}.checkpoints"
 
 
+def control_topic(prefix: str) -> str:
+    return f"{prefix}.control"
+
+
 def status_topic(prefix: str) -> str:
     return f"{prefix}.status"
 
@@ -68,7 +72,11 @@ def ensure_topics(cfg: KafkaConfig, maps: list[TableMap]) -> list[str]:
         for source in map_topics(cfg.topic_prefix, m).values():
             wanted[source] = NewTopic(source, cfg.partitions, cfg.replication_factor)
             wanted[dlq_topic(source)] = NewTopic(dlq_topic(source), 1, cfg.replication_factor)
-    for compacted in (checkpoint_topic(cfg.topic_prefix), status_topic(cfg.topic_prefix)):
+    for compacted in (
+        checkpoint_topic(cfg.topic_prefix),
+        status_topic(cfg.topic_prefix),
+        control_topic(cfg.topic_prefix),
+    ):
         wanted[compacted] = NewTopic(compacted, 1, cfg.replication_factor, config={"cleanup.policy": "compact"})
     check_reachable(cfg)
     client = admin(cfg)

@@ -54,6 +54,12 @@ LAG = Gauge(
 BLOCKED_PARTITIONS = Gauge(
     "dualwrite_blocked_partitions", "Partitions waiting to retry a record.", ["direction"], registry=REGISTRY
 )
+MAP_PAUSED = Gauge(
+    "dualwrite_map_paused",
+    "1 while a map is paused (its changes wait in Kafka).",
+    ["map", "direction"],
+    registry=REGISTRY,
+)
 CHECKPOINT_AGE = Gauge(
     "dualwrite_checkpoint_age_seconds",
     "Seconds since the Dataverse change-tracking checkpoint last advanced.",

@@ -8,13 +8,31 @@ from dualwrite.tablemap import TableMap
 COMPANIES_MAP = "companies"
 
 
-def dependency_order(maps: dict[str, TableMap]) -> list[str]:
+def _dependencies(maps: dict[str, TableMap]) -> dict[str, set[str]]:
     deps: dict[str, set[str]] = {}
     for name, m in maps.items():
         needs = {d for d in m.depends_on() if d in maps}
         if name != COMPANIES_MAP and COMPANIES_MAP in maps and m.dataverse.company_lookup is not None:
             needs.add(COMPANIES_MAP)
         deps[name] = needs - {name}
+    return deps
+
+
+def waits_on(maps: dict[str, TableMap], name: str, paused: set[str]) -> list[str]:
+    """The paused maps that `name` refers to, directly or through other maps."""
+    deps = _dependencies(maps)
+    seen: set[str] = set()
+    todo = list(deps.get(name, ()))
+    while todo:
+        d = todo.pop()
+        if d not in seen:
+            seen.add(d)
+            todo.extend(deps.get(d, ()))
+    return sorted(seen & paused)
+
+
+def dependency_order(maps: dict[str, TableMap]) -> list[str]:
+    deps = _dependencies(maps)
     order: list[str] = []
     state: dict[str, str] = {}
 

@@ -6,17 +6,18 @@ import time
 from typing import Any
 
 from consumers.loop import group_id
-from dualwrite import kafka, status
+from dualwrite import control, kafka, status
 from dualwrite.components import enabled_maps
 from dualwrite.config import Config
 from dualwrite.envelope import Side
-from dualwrite.order import dependency_order
+from dualwrite.order import dependency_order, waits_on
 
 
 def collect(cfg: Config) -> list[dict[str, Any]]:
     kafka.check_reachable(cfg.kafka)
     maps = enabled_maps(cfg)
     published = status.read_status(cfg.kafka)
+    paused = control.paused_maps(cfg.kafka)
     rows = []
     for towards in (Side.DATAVERSE, Side.FO):
         direction = f"{towards.other.value}->{towards.value}"
@@ -37,7 +38,8 @@ def collect(cfg: Config) -> list[dict[str, Any]]:
                     "map": name,
                     "direction": direction,
                     "topic": sources[name],
-                    "state": "running" if alive else "stopped",
+                    "state": "paused" if name in paused else "running" if alive else "stopped",
+                    "waits_on": waits_on(maps, name, paused),
                     "lag": lag.get(sources[name], 0),
                     "applied": counts.get("applied", 0),
                     "skipped": counts.get("skipped_equal", 0) + counts.get("filtered", 0),

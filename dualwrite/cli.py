@@ -234,6 +234,58 @@ def map_status(names: tuple[str, ...], config_path: Path | None) -> None:
         click.echo(f"{name:<18} {state}{note}")
 
 
+@cli.group("sync")
+def sync_group() -> None:
+    """Initial sync of existing rows."""
+
+
+@sync_group.command("initial")
+@click.argument("names", nargs=-1)
+@click.option("--config", "config_path", type=click.Path(path_type=Path))
+@click.option("--restart", is_flag=True, help="Start a new run instead of resuming an unfinished one.")
+def sync_initial(names: tuple[str, ...], config_path: Path | None, restart: bool) -> None:
+    """Copy existing rows of MAPs (default: all) from their master side, in dependency order; resumable."""
+    import time as _time
+    import uuid as _uuid
+
+    from dualwrite.components import enabled_maps, prepare
+    from dualwrite.initial_sync import InitialSync, MapProgress
+
+    cfg = _config(config_path)
+    maps = enabled_maps(cfg)
+    unknown = sorted(set(names) - set(maps))
+    if unknown:
+        raise DualWriteError(f"unknown map(s) {', '.join(unknown)}; known: {', '.join(sorted(maps))}")
+    prepare(cfg, maps)
+    sync = InitialSync(cfg, maps, run_id=_uuid.uuid4().hex[:12] if restart else None)
+    click.echo(f"initial sync run {sync.run_id}, order: {' -> '.join(sync.order(list(names) or None))}")
+    tty = sys.stdout.isatty()
+    shown = {"at": 0.0}
+
+    def show(p: MapProgress) -> None:
+        now = _time.monotonic()
+        if not tty and p.finished is None and now - shown["at"] < 2:
+            return
+        shown["at"] = now
+        total = p.total or 0
+        width = 24
+        filled = int(width * min(1.0, p.done / total)) if total else width
+        eta = "" if p.eta_s is None or p.finished else f"  {p.eta_s:,.0f}s left"
+        line = (
+            f"{p.name:<18}[{'#' * filled}{'.' * (width - filled)}] {p.done:>9,}/{total:<9,} {p.rate:>9,.0f} rows/s{eta}"
+        )
+        if p.finished is not None:
+            click.echo(("\r" if tty else "") + line + "  done")
+        else:
+            click.echo(("\r" + line) if tty else line, nl=not tty)
+
+    results = sync.run(list(names) or None, show)
+    click.echo(f"{'map':<18}{'rows':>10}{'resumed at':>12}{'dead-lettered':>15}{'seconds':>10}{'rows/s':>10}")
+    for p in results:
+        secs = (p.finished or _time.monotonic()) - p.started
+        click.echo(f"{p.name:<18}{p.done:>10,}{p.resumed_at:>12,}{p.dead_lettered:>15,}{secs:>10.1f}{p.rate:>10,.0f}")
+
+
 @cli.command("maps")
 @click.option("--config", "config_path", type=click.Path(path_type=Path))
 def maps_cmd(config_path: Path | None) -> None:

@@ -28,7 +28,12 @@ class FoClient:
         self.http.close()
 
     def query(
-        self, entity_set: str, filter: str | None = None, select: list[str] | None = None, top: int | None = None
+        self,
+        entity_set: str,
+        filter: str | None = None,
+        select: list[str] | None = None,
+        top: int | None = None,
+        orderby: list[str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Rows of `entity_set` across companies, following `@odata.nextLink`."""
         params: dict[str, str] = {"cross-company": "true"}
@@ -38,6 +43,8 @@ class FoClient:
             params["$select"] = ",".join(select)
         if top is not None:
             params["$top"] = str(top)
+        if orderby:
+            params["$orderby"] = ",".join(orderby)
         url: str | None = f"{self.base}/{entity_set}"
         first = True
         while url:
@@ -46,6 +53,17 @@ class FoClient:
             body = resp.json()
             yield from body.get("value", [])
             url, first = body.get("@odata.nextLink"), False
+
+    def count(self, entity_set: str, filter: str | None = None) -> int | None:
+        """How many rows match (`$count=true`), or None when the service does not say."""
+        params = {"cross-company": "true", "$count": "true", "$top": "0"}
+        if filter:
+            params["$filter"] = filter
+        url = f"{self.base}/{entity_set}"
+        resp = odata.request(self.http, "GET", url, f"F&O count {entity_set}", params=params)
+        odata.raise_for(resp.status_code, resp.text, resp.headers, f"F&O count {entity_set}")
+        value = resp.json().get("@odata.count")
+        return int(value) if value is not None else None
 
     def batch(self, parts: list[odata.BatchPart]) -> list[odata.PartResult]:
         """Send writes in one $batch, each in its own change set so one failure does not undo the others."""

@@ -124,9 +124,11 @@ def consumer(cfg: KafkaConfig, group_id: str, session_timeout_ms: int = 6000, **
 
 
 def read_to_end(cfg: KafkaConfig, topic: str, idle_s: float = 1.0, missing_ok: bool = True) -> Iterator[Message]:
-    """Every record of `topic` from the start, without a consumer group, until none came for `idle_s`.
+    """Every record of `topic` from the start, without a consumer group.
 
-    Idle time, not the high watermark, ends the read: tansu under-reports the watermark of a batch.
+    Ends `idle_s` after the end offsets seen at the start were reached (tansu under-reports a
+    batch's end, so we read on a little), or when nothing came for `idle_s`; a topic that is being
+    written all the time therefore still ends.
     """
     from dualwrite.errors import DualWriteError
 
@@ -138,15 +140,26 @@ def read_to_end(cfg: KafkaConfig, topic: str, idle_s: float = 1.0, missing_ok: b
                 return
             raise DualWriteError(f"topic {topic} does not exist")
         parts = [TopicPartition(topic, p, 0) for p in meta.partitions]
-        if all(c.get_watermark_offsets(p, timeout=10)[1] == 0 for p in parts):
+        ends = {p.partition: c.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+        if all(e == 0 for e in ends.values()):
             return
         c.assign(parts)
+        reached: set[int] = {p for p, e in ends.items() if e == 0}
         last = time.monotonic()
-        while time.monotonic() - last < idle_s:
+        all_reached_at: float | None = None
+        while True:
+            now = time.monotonic()
+            if now - last >= idle_s or (all_reached_at is not None and now - all_reached_at >= idle_s):
+                return
             msg = c.poll(0.1)
             if msg is None or msg.error():
                 continue
             last = time.monotonic()
+            partition, offset = msg.partition() or 0, msg.offset() or 0
+            if offset + 1 >= ends.get(partition, 0):
+                reached.add(partition)
+                if all_reached_at is None and len(reached) == len(ends):
+                    all_reached_at = last
             yield msg
     finally:
         c.close()

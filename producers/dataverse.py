@@ -25,6 +25,7 @@ from dualwrite.tablemap import TableMap
 from producers.publish import Publisher
 
 log = logging.getLogger("dualwrite.producer.dataverse")
+LINK_REFRESH_S = 60.0
 
 
 def _parse_time(value: Any) -> datetime:
@@ -50,6 +51,7 @@ class DataverseProducer:
         self._stop = threading.Event()
         self.ready = threading.Event()
         self._last_poll: dict[str, float] = {}
+        self._link_saved: dict[str, float] = {}
 
     def stop(self) -> None:
         self._stop.set()
@@ -108,8 +110,12 @@ class DataverseProducer:
                 self.publisher.publish(events)
                 published += len(events)
                 marks: dict[str, str | None] = dict(index)
-                if page.delta_link:
+                changed = bool(page.rows or page.deleted_ids)
+                stale = time.monotonic() - self._link_saved.get(dv.entity_set, 0.0) > LINK_REFRESH_S
+                if page.delta_link and (changed or stale or delta is None):
+                    # An unchanged table needs no new checkpoint, only one now and then to keep the token fresh.
                     marks[link_key] = page.delta_link
+                    self._link_saved[dv.entity_set] = time.monotonic()
                 if marks:
                     self.checkpoints.put_many(marks)
         except TargetRejectedError as exc:

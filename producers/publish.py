@@ -18,8 +18,16 @@ from dualwrite.tablemap import TableMap
 class Publisher:
     """One idempotent producer for a side; `publish` returns after every event is acknowledged."""
 
-    def __init__(self, cfg: Config, side: str, maps: dict[str, TableMap]) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        side: str,
+        maps: dict[str, TableMap],
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
         self.side = side
+        self.headers = headers
+        self.max_offsets: dict[tuple[str, int], int] = {}  # highest acknowledged offset per partition
         self.producer = kafka.producer(cfg.kafka)
         reg = registry.client(cfg.schema_registry)
         self.topics: dict[str, str] = {}
@@ -42,7 +50,7 @@ class Publisher:
     def _produce(self, event: ChangeEvent, on_delivery: Any) -> None:
         topic = self.topics[event.entity]
         value = self.serializers[event.entity](topic, event.to_avro())
-        self.producer.produce(topic, key=event.key.encode(), value=value, on_delivery=on_delivery)
+        self.producer.produce(topic, key=event.key.encode(), value=value, on_delivery=on_delivery, headers=self.headers)
 
     def publish(self, events: list[ChangeEvent], timeout_s: float = 30.0) -> None:
         """Produce and block until all are acknowledged; RetryableError if any is not."""
@@ -54,6 +62,9 @@ class Publisher:
         def delivered(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
                 failures.append(str(err))
+            else:
+                tp = (msg.topic() or "", msg.partition() or 0)
+                self.max_offsets[tp] = max(self.max_offsets.get(tp, -1), msg.offset() or 0)
             done.release()
 
         for e in events:

@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import TopicPartition
@@ -23,11 +22,12 @@ from consumers.loop import group_id
 from dualwrite import kafka, odata
 from dualwrite.checkpoints import CheckpointStore
 from dualwrite.config import Config
-from dualwrite.envelope import ChangeEvent, Op, Origin, Side, record_key
+from dualwrite.envelope import ChangeEvent, Side
 from dualwrite.errors import DualWriteError
 from dualwrite.fo import FoClient
 from dualwrite.order import dependency_order
 from dualwrite.tablemap import TableMap
+from producers.fo import snapshot_event
 from producers.publish import Publisher
 
 RUN_HEADER = "dualwrite.sync.run"
@@ -124,7 +124,7 @@ class InitialSync:
         last_row: dict[str, Any] | None = None
         try:
             for raw in self._rows(m, last):
-                event = self._event(publisher, m, raw)
+                event = snapshot_event(publisher, m, raw, self.cfg.companies, self.run_id)
                 last_row = raw
                 if event is not None:
                     page.append(event)
@@ -142,22 +142,6 @@ class InitialSync:
         self.checkpoints.put_many({self._mark(m.name, "done"): "1"})
         on_progress(progress)
         return progress
-
-    def _event(self, publisher: Publisher, m: TableMap, raw: dict[str, Any]) -> ChangeEvent | None:
-        row = publisher.coerce(m.fo.entity_set, raw)
-        company = str(row.get(m.fo.company_field) or "").lower()
-        if company not in self.cfg.companies or any(row.get(k) in (None, "") for k in m.fo.key):
-            return None
-        return ChangeEvent(
-            op=Op.SNAPSHOT,
-            entity=m.fo.entity_set,
-            company=company,
-            key=record_key(company, [row[k] for k in m.fo.key]),
-            source_time=datetime.now(UTC),
-            source_version=raw.get("@odata.etag"),
-            origin=Origin(Side.FO, correlation_id=self.run_id),
-            after=row,
-        )
 
     def _flush(
         self,

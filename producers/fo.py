@@ -59,6 +59,28 @@ def _parameter(params: Any, name: str) -> Any:
     return None
 
 
+def snapshot_event(
+    publisher: Publisher, m: TableMap, raw: dict[str, Any], companies: list[str], correlation_id: str | None = None
+) -> ChangeEvent | None:
+    """A `snapshot` change event for one F&O row read over OData (None when not ours to sync)."""
+    row = publisher.coerce(m.fo.entity_set, raw)
+    company = str(row.get(m.fo.company_field) or "").lower()
+    if company not in companies or any(row.get(k) in (None, "") for k in m.fo.key):
+        return None
+    if m.fo.company_field not in m.fo.key:
+        row[m.fo.company_field] = company
+    return ChangeEvent(
+        op=Op.SNAPSHOT,
+        entity=m.fo.entity_set,
+        company=company,
+        key=record_key(company, [row[k] for k in m.fo.key]),
+        source_time=datetime.now(UTC),
+        source_version=raw.get("@odata.etag"),
+        origin=Origin(Side.FO, correlation_id=correlation_id),
+        after=row,
+    )
+
+
 class EventTranslator:
     """Turns one data-event payload into a ChangeEvent (or None when it is not ours to sync)."""
 
@@ -156,7 +178,7 @@ class FoProducer:
                 batch: list[ChangeEvent] = []
                 count = 0
                 for row in client.query(m.fo.entity_set, flt):
-                    event = self._snapshot_event(m, row)
+                    event = snapshot_event(self.publisher, m, row, self.cfg.companies)
                     if event is None:
                         continue
                     batch.append(event)
@@ -170,23 +192,6 @@ class FoProducer:
                 log.info("snapshot of %s: %d rows published", m.fo.entity_set, count)
         finally:
             client.close()
-
-    def _snapshot_event(self, m: TableMap, raw: dict[str, Any]) -> ChangeEvent | None:
-        row = self.publisher.coerce(m.fo.entity_set, raw)
-        company = str(row.get(m.fo.company_field) or "").lower()
-        if company not in self.cfg.companies or any(row.get(k) in (None, "") for k in m.fo.key):
-            return None
-        row[m.fo.company_field] = row[m.fo.company_field] if m.fo.company_field in m.fo.key else company
-        return ChangeEvent(
-            op=Op.SNAPSHOT,
-            entity=m.fo.entity_set,
-            company=company,
-            key=record_key(company, [row[k] for k in m.fo.key]),
-            source_time=datetime.now(UTC),
-            source_version=raw.get("@odata.etag"),
-            origin=Origin(Side.FO),
-            after=row,
-        )
 
     # -- live events -----------------------------------------------------------------------------
     async def receive(self, request: Request) -> JSONResponse:

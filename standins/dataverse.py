@@ -28,19 +28,16 @@ from standins.odata import (
     Stats,
     etag,
     etag_matches,
+    execute_batch,
     filter_to_sql,
-    iter_parts,
     json_response,
     orderby_to_sql,
-    parse_batch,
     parse_count,
     parse_key,
     parse_prefer,
     parse_select,
-    part_request,
     read_request,
     render_batch,
-    run_batch,
     split_resource_path,
     to_starlette,
 )
@@ -60,8 +57,12 @@ def _pk(name: str) -> Field:
 COMPANIES = EntityDef(
     name="cdm_companies",
     key=("cdm_companyid",),
-    fields=(_pk("cdm_companyid"), Field("cdm_companycode", max_length=10, required=True),
-            Field("cdm_name", max_length=100), STATECODE),
+    fields=(
+        _pk("cdm_companyid"),
+        Field("cdm_companycode", max_length=10, required=True),
+        Field("cdm_name", max_length=100),
+        STATECODE,
+    ),
     alternate_keys=(("cdm_companycode",),),
     logical_name="cdm_company",
 )
@@ -69,9 +70,13 @@ COMPANIES = EntityDef(
 TRANSACTION_CURRENCIES = EntityDef(
     name="transactioncurrencies",
     key=("transactioncurrencyid",),
-    fields=(_pk("transactioncurrencyid"), Field("isocurrencycode", max_length=5, required=True),
-            Field("currencyname", max_length=100, required=True), Field("currencysymbol", max_length=10),
-            STATECODE),
+    fields=(
+        _pk("transactioncurrencyid"),
+        Field("isocurrencycode", max_length=5, required=True),
+        Field("currencyname", max_length=100, required=True),
+        Field("currencysymbol", max_length=10),
+        STATECODE,
+    ),
     alternate_keys=(("isocurrencycode",),),
     logical_name="transactioncurrency",
 )
@@ -209,11 +214,20 @@ class ServiceProtection:
             history.popleft()
         if len(history) >= self.max_requests:
             retry = max(1, math.ceil(history[0] + self.window_s - now))
-            return error_body(429, "0x80072322", f"Number of requests exceeded the limit of {self.max_requests} "
-                              f"over time window of {self.window_s:g} seconds.", {"Retry-After": str(retry)})
+            return error_body(
+                429,
+                "0x80072322",
+                f"Number of requests exceeded the limit of {self.max_requests} "
+                f"over time window of {self.window_s:g} seconds.",
+                {"Retry-After": str(retry)},
+            )
         if self.active[user] >= self.max_concurrent:
-            return error_body(429, "0x80072326", f"Number of concurrent requests exceeded the limit of "
-                              f"{self.max_concurrent}.", {"Retry-After": "1"})
+            return error_body(
+                429,
+                "0x80072326",
+                f"Number of concurrent requests exceeded the limit of {self.max_concurrent}.",
+                {"Retry-After": "1"},
+            )
         history.append(now)
         self.active[user] += 1
         return None
@@ -258,12 +272,15 @@ class Dataverse:
         if path in ("WhoAmI", "WhoAmI()"):
             if req.method != "GET":
                 raise DataverseError(405, "The WhoAmI function is called with GET.", "0x80060888")
-            return json_response(200, {
-                "@odata.context": f"{req.service_root}$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
-                "BusinessUnitId": self.settings.business_unit_id,
-                "UserId": req.caller.object_id,
-                "OrganizationId": self.settings.organization_id,
-            })
+            return json_response(
+                200,
+                {
+                    "@odata.context": f"{req.service_root}$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
+                    "BusinessUnitId": self.settings.business_unit_id,
+                    "UserId": req.caller.object_id,
+                    "OrganizationId": self.settings.organization_id,
+                },
+            )
         if path == "$batch":
             if req.method != "POST":
                 raise DataverseError(405, "A $batch request is a POST.", "0x80060888")
@@ -294,23 +311,41 @@ class Dataverse:
         entity = self.store.entity(name)
         logical = entity.logical_name if entity else name
         if exc.kind == "unknown":
-            return error_body(400, "0x80048d19", f"Invalid property '{exc.field}' was found in entity "
-                                                 f"'Microsoft.Dynamics.CRM.{logical}'.")
+            return error_body(
+                400,
+                "0x80048d19",
+                f"Invalid property '{exc.field}' was found in entity 'Microsoft.Dynamics.CRM.{logical}'.",
+            )
         if exc.kind == "type":
-            return error_body(400, "0x80048d19", f"Cannot convert the literal '{exc.value}' to the expected type "
-                                                 f"'{exc.detail}' of property '{exc.field}'.")
+            return error_body(
+                400,
+                "0x80048d19",
+                f"Cannot convert the literal '{exc.value}' to the expected type "
+                f"'{exc.detail}' of property '{exc.field}'.",
+            )
         if exc.kind == "value":
             f = entity.field(exc.field) if entity else None
             accepted = ",".join(str(v) for v in f.values) if f else ""
-            return error_body(400, "0x80044331", f"A validation error occurred. The value {exc.value} of "
-                              f"'{exc.field}' on record of type '{logical}' is outside the valid range. "
-                              f"Accepted Values: {accepted}")
+            return error_body(
+                400,
+                "0x80044331",
+                f"A validation error occurred. The value {exc.value} of "
+                f"'{exc.field}' on record of type '{logical}' is outside the valid range. "
+                f"Accepted Values: {accepted}",
+            )
         if exc.kind == "too_long":
-            return error_body(400, "0x80044331", f"A validation error occurred. The length of the '{exc.field}' "
-                              f"attribute of the '{logical}' entity exceeded the maximum allowed length of "
-                              f"'{exc.detail}'.")
-        return error_body(400, "0x80044331", f"A validation error occurred. A value for '{exc.field}' on record "
-                                             f"of type '{logical}' is required.")
+            return error_body(
+                400,
+                "0x80044331",
+                f"A validation error occurred. The length of the '{exc.field}' "
+                f"attribute of the '{logical}' entity exceeded the maximum allowed length of "
+                f"'{exc.detail}'.",
+            )
+        return error_body(
+            400,
+            "0x80044331",
+            f"A validation error occurred. A value for '{exc.field}' on record of type '{logical}' is required.",
+        )
 
     # helpers -------------------------------------------------------------------------------
     def columns(self, entity: EntityDef) -> dict[str, Column]:
@@ -323,9 +358,11 @@ class Dataverse:
 
         def resolve(name: str) -> Column:
             if name not in columns:
-                raise QueryError(f"Could not find a property named '{name}' on type "
-                                 f"'Microsoft.Dynamics.CRM.{entity.logical_name}'.")
+                raise QueryError(
+                    f"Could not find a property named '{name}' on type 'Microsoft.Dynamics.CRM.{entity.logical_name}'."
+                )
             return columns[name]
+
         return resolve
 
     def key_values(self, entity: EntityDef, key_text: str) -> dict[str, Any]:
@@ -346,8 +383,9 @@ class Dataverse:
             except FieldError:
                 raise QueryError(f"The key value {lit.value!r} is not valid for '{f.name}'.") from None
         if not any(set(values) == set(k) for k in (entity.key, *entity.alternate_keys)):
-            raise QueryError(f"The key '{key_text}' matches neither the primary key nor an alternate key "
-                             f"of '{entity.logical_name}'.")
+            raise QueryError(
+                f"The key '{key_text}' matches neither the primary key nor an alternate key of '{entity.logical_name}'."
+            )
         return values
 
     def describe_key(self, entity: EntityDef, key: dict[str, Any]) -> str:
@@ -375,12 +413,13 @@ class Dataverse:
             raise FieldError("type", f"{f.name}@odata.bind", value, "an entity URL")
         path = unquote(urlsplit(value).path)
         if path.startswith(BASE_PATH):
-            path = path[len(BASE_PATH):]
+            path = path[len(BASE_PATH) :]
         name, key_text, rest = split_resource_path(path)
         target = self.store.entity(name)
         if target is None or key_text is None or rest or target.name != f.target:
-            raise DataverseError(400, f"The URL '{value}' in '{f.name}@odata.bind' does not name a row of "
-                                      f"'{f.target}'.", "0x80048d19")
+            raise DataverseError(
+                400, f"The URL '{value}' in '{f.name}@odata.bind' does not name a row of '{f.target}'.", "0x80048d19"
+            )
         key = self.key_values(target, key_text)
         return self.find(target, key).id
 
@@ -414,8 +453,13 @@ class Dataverse:
             if annotate and f.type == "lookup" and out[name] is not None:
                 target = self.store.entity(f.target or "")
                 out[f"{name}@Microsoft.Dynamics.CRM.lookuplogicalname"] = target.logical_name if target else f.target
-        system = {"createdon": row.created_on, "modifiedon": row.modified_on, "_createdby_value": row.created_by,
-                  "_modifiedby_value": row.modified_by, "versionnumber": row.version}
+        system = {
+            "createdon": row.created_on,
+            "modifiedon": row.modified_on,
+            "_createdby_value": row.created_by,
+            "_modifiedby_value": row.modified_by,
+            "versionnumber": row.version,
+        }
         for name, value in system.items():
             if select is None or name in select:
                 out[name] = value
@@ -440,11 +484,15 @@ class Dataverse:
         if_match, if_none = req.headers.get("if-match"), req.headers.get("if-none-match")
         if if_match is not None:
             if row is None:
-                raise DataverseError(404, "The record was not found: If-Match requires an existing record.",
-                                     "0x80040217")
+                raise DataverseError(
+                    404, "The record was not found: If-Match requires an existing record.", "0x80040217"
+                )
             if not etag_matches(if_match, row.version):
-                raise DataverseError(412, "The version of the existing record doesn't match the RowVersion "
-                                          "property provided.", "0x80060882")
+                raise DataverseError(
+                    412,
+                    "The version of the existing record doesn't match the RowVersion property provided.",
+                    "0x80060882",
+                )
         if if_none is not None and row is not None and etag_matches(if_none, row.version):
             raise duplicate()
 
@@ -476,8 +524,15 @@ class Dataverse:
                 raise QueryError("The query parameter $skip is not supported.")
             if name == "$expand":
                 raise QueryError("$expand is not supported by this stand-in; read related rows by their key.")
-            if name.startswith("$") and name not in ("$select", "$filter", "$orderby", "$top", "$count",
-                                                      "$skiptoken", "$deltatoken"):
+            if name.startswith("$") and name not in (
+                "$select",
+                "$filter",
+                "$orderby",
+                "$top",
+                "$count",
+                "$skiptoken",
+                "$deltatoken",
+            ):
                 raise QueryError(f"The query parameter {name} is not supported.")
         prefer = parse_prefer(req.headers)
         if "odata.track-changes" in prefer or "$deltatoken" in req.query:
@@ -507,8 +562,9 @@ class Dataverse:
         annotate = self.annotate(req)
         body["value"] = [self.render(entity, r, select, annotate) for r in rows[:limit]]
         if len(rows) > limit and top is None:  # $top turns paging off
-            token = self.cookie(pagenumber=page_no + 1, lastrowid=rows[limit - 1].rowid, offset=offset + limit,
-                                istracking="False")
+            token = self.cookie(
+                pagenumber=page_no + 1, lastrowid=rows[limit - 1].rowid, offset=offset + limit, istracking="False"
+            )
             body["@odata.nextLink"] = req.url(skiptoken=token)
         return json_response(200, body, {"Preference-Applied": applied} if applied else None)
 
@@ -521,8 +577,10 @@ class Dataverse:
         if_none = req.headers.get("if-none-match")
         if if_none and etag_matches(if_none, row.version):
             return ODataResponse(304, {"ETag": etag(row.version)})
-        body = {"@odata.context": self.context(req, entity, select, "/$entity"),
-                **self.render(entity, row, select, self.annotate(req))}
+        body = {
+            "@odata.context": self.context(req, entity, select, "/$entity"),
+            **self.render(entity, row, select, self.annotate(req)),
+        }
         return json_response(200, body, {"ETag": etag(row.version)})
 
     def delta_token(self, version: int, issued: float) -> str:
@@ -539,8 +597,10 @@ class Dataverse:
     def track_changes(self, req: ODataRequest, entity: EntityDef) -> ODataResponse:
         refused = [n for n in ("$filter", "$orderby", "$expand", "$top") if n in req.query]
         if refused:
-            raise QueryError(f"The query option(s) {', '.join(refused)} cannot be used together with change "
-                             "tracking (Prefer: odata.track-changes).")
+            raise QueryError(
+                f"The query option(s) {', '.join(refused)} cannot be used together with change "
+                "tracking (Prefer: odata.track-changes)."
+            )
         select = self.select_of(req, entity)
         page, applied = self.page_size(req)
         cookie = self.read_cookie(req.query.get("$skiptoken", ""))
@@ -550,22 +610,30 @@ class Dataverse:
         if "$deltatoken" in req.query:
             since, issued = self.read_delta_token(req.query["$deltatoken"])
             if time.time() - issued > self.settings.delta_token_ttl_s:
-                raise DataverseError(400, "Version token expired: the change tracking token is older than the "
-                                          "retention period; read all rows again with Prefer: odata.track-changes.",
-                                     "0x80044352")
+                raise DataverseError(
+                    400,
+                    "Version token expired: the change tracking token is older than the "
+                    "retention period; read all rows again with Prefer: odata.track-changes.",
+                    "0x80044352",
+                )
             upto = cookie.get("snapshot", self.store.current_version())
             after = cookie.get("lastversion", since)
             changes = self.store.changes(entity, after, upto, page + 1)
             body["@odata.context"] = self.context(req, entity, select, "/$delta")
             deleted_ctx = f"{req.service_root}$metadata#{entity.name}/$deletedEntity"
             body["value"] = [
-                {"@odata.context": deleted_ctx, "id": c.id, "reason": "deleted"} if isinstance(c, Tombstone)
+                {"@odata.context": deleted_ctx, "id": c.id, "reason": "deleted"}
+                if isinstance(c, Tombstone)
                 else self.render(entity, c, select)
                 for c in changes[:page]
             ]
             if len(changes) > page:
-                token = self.cookie(pagenumber=cookie.get("pagenumber", 1) + 1, lastversion=changes[page - 1].version,
-                                    snapshot=upto, istracking="True")
+                token = self.cookie(
+                    pagenumber=cookie.get("pagenumber", 1) + 1,
+                    lastversion=changes[page - 1].version,
+                    snapshot=upto,
+                    istracking="True",
+                )
                 body["@odata.nextLink"] = req.url(skiptoken=token)
             else:
                 body["@odata.deltaLink"] = req.url(deltatoken=self.delta_token(upto, time.time()), skiptoken=None)
@@ -580,8 +648,13 @@ class Dataverse:
         body["@odata.context"] = self.context(req, entity, select)
         body["value"] = [self.render(entity, r, select) for r in rows[:page]]
         if len(rows) > page:
-            token = self.cookie(pagenumber=cookie.get("pagenumber", 1) + 1, lastrowid=rows[page - 1].rowid,
-                                snapshot=snapshot, issued=int(issued), istracking="True")
+            token = self.cookie(
+                pagenumber=cookie.get("pagenumber", 1) + 1,
+                lastrowid=rows[page - 1].rowid,
+                snapshot=snapshot,
+                issued=int(issued),
+                istracking="True",
+            )
             body["@odata.nextLink"] = req.url(skiptoken=token)
         else:
             body["@odata.deltaLink"] = req.url(deltatoken=self.delta_token(snapshot, issued), skiptoken=None)
@@ -593,10 +666,13 @@ class Dataverse:
         headers = {"OData-EntityId": url, "OData-Version": "4.0", "ETag": etag(row.version)}
         if parse_prefer(req.headers).get("return") == "representation":
             select = self.select_of(req, entity)
-            body = {"@odata.context": self.context(req, entity, select, "/$entity"),
-                    **self.render(entity, row, select, self.annotate(req))}
-            return json_response(201 if created else 200, body,
-                                 {**headers, "Preference-Applied": "return=representation"})
+            body = {
+                "@odata.context": self.context(req, entity, select, "/$entity"),
+                **self.render(entity, row, select, self.annotate(req)),
+            }
+            return json_response(
+                201 if created else 200, body, {**headers, "Preference-Applied": "return=representation"}
+            )
         return ODataResponse(204, headers)
 
     def insert(self, req: ODataRequest, entity: EntityDef, values: dict[str, Any]) -> Row:
@@ -641,22 +717,14 @@ class Dataverse:
 
     # $batch --------------------------------------------------------------------------------
     def batch(self, req: ODataRequest) -> ODataResponse:
-        items = parse_batch(req.body, req.headers.get("content-type", ""))
         continue_on_error = "odata.continue-on-error" in parse_prefer(req.headers)
 
-        def dispatch(part: Any) -> ODataResponse:
-            try:
-                sub = part_request(part, req, BASE_PATH)
-            except ODataError as exc:
-                return error_body(exc.status, "0x8006088a", exc.message)
-            if sub.path.strip("/") == "$batch":
-                return error_body(400, "0x80060888", "A $batch request cannot be nested in a $batch request.")
-            return self.handle(sub)
+        def error(status: int, message: str) -> ODataResponse:
+            return error_body(status, "0x8006088a" if status == 404 else "0x80060888", message)
 
-        for part in iter_parts(items):
-            if part.method not in ("GET", "POST", "PATCH", "PUT", "DELETE"):
-                raise QueryError(f"The HTTP method '{part.method}' is not valid in a batch part.")
-        responses, failed = run_batch(items, dispatch, self.store.savepoint, stop_on_error=not continue_on_error)
+        responses, failed = execute_batch(
+            req, BASE_PATH, self.handle, error, self.store.savepoint, stop_on_error=not continue_on_error
+        )
         content_type, body = render_batch(responses)
         headers = {"Content-Type": content_type, "OData-Version": "4.0"}
         if continue_on_error:
@@ -677,8 +745,14 @@ def create_app(settings: Settings) -> Starlette:
         stats.requests += 1
         identity = identity_from_header(request.headers.get("authorization"), settings.signing_key)
         if identity is None:
-            return to_starlette(error_body(401, "", "Authentication failed: a valid bearer token is required.",
-                                           {"WWW-Authenticate": 'Bearer error="invalid_token"'}))
+            return to_starlette(
+                error_body(
+                    401,
+                    "",
+                    "Authentication failed: a valid bearer token is required.",
+                    {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                )
+            )
         denied = protection.admit(identity.object_id)
         if denied is not None:
             return to_starlette(denied)
@@ -694,11 +768,13 @@ def create_app(settings: Settings) -> Starlette:
         return JSONResponse(stats.as_json())
 
     methods = ["GET", "POST", "PATCH", "PUT", "DELETE"]
-    app = Starlette(routes=[
-        Route("/_standin/stats", stats_endpoint, methods=["GET"]),
-        Route("/api/data/v9.2", api, methods=methods),
-        Route("/api/data/v9.2/{path:path}", api, methods=methods),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/_standin/stats", stats_endpoint, methods=["GET"]),
+            Route("/api/data/v9.2", api, methods=methods),
+            Route("/api/data/v9.2/{path:path}", api, methods=methods),
+        ]
+    )
     app.state.store = store
     app.state.service = service
     return app

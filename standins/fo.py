@@ -29,20 +29,17 @@ from standins.odata import (
     Stats,
     etag,
     etag_matches,
+    execute_batch,
     filter_to_sql,
     format_key,
-    iter_parts,
     json_response,
     orderby_to_sql,
-    parse_batch,
     parse_count,
     parse_key,
     parse_prefer,
     parse_select,
-    part_request,
     read_request,
     render_batch,
-    run_batch,
     split_resource_path,
     to_starlette,
 )
@@ -198,8 +195,16 @@ def _entity_image(entity: EntityDef, row: Row) -> dict[str, Any]:
     }
 
 
-def build_event(message: str, entity: EntityDef, row: Row, before: Row | None, user_id: str,
-                organization_id: str, organization_name: str, now_ms: int | None = None) -> dict[str, Any]:
+def build_event(
+    message: str,
+    entity: EntityDef,
+    row: Row,
+    before: Row | None,
+    user_id: str,
+    organization_id: str,
+    organization_name: str,
+    now_ms: int | None = None,
+) -> dict[str, Any]:
     """A data event as F&O sends it: the JSON of a Dataverse RemoteExecutionContext."""
     if message == "Delete":
         target: dict[str, Any] = {
@@ -272,7 +277,8 @@ class Outbox:
     def head(self, endpoint: str) -> tuple[int, str] | None:
         rows = self.store.execute(
             "SELECT seq, payload FROM fo_outbox WHERE seq > (SELECT delivered_seq FROM fo_delivery WHERE"
-            " endpoint = ?) ORDER BY seq LIMIT 1", [endpoint]
+            " endpoint = ?) ORDER BY seq LIMIT 1",
+            [endpoint],
         )
         return (rows[0][0], rows[0][1]) if rows else None
 
@@ -295,14 +301,16 @@ class Outbox:
             "SELECT seq, created_at, message, entity, payload FROM fo_outbox WHERE seq > ? ORDER BY seq LIMIT ?",
             [after, limit],
         ):
-            events.append({
-                "seq": r["seq"],
-                "created_at": r["created_at"],
-                "message": r["message"],
-                "entity": r["entity"],
-                "delivered": {url: r["seq"] <= c["delivered_seq"] for url, c in cursors.items()},
-                "payload": json.loads(r["payload"]),
-            })
+            events.append(
+                {
+                    "seq": r["seq"],
+                    "created_at": r["created_at"],
+                    "message": r["message"],
+                    "entity": r["entity"],
+                    "delivered": {url: r["seq"] <= c["delivered_seq"] for url, c in cursors.items()},
+                    "payload": json.loads(r["payload"]),
+                }
+            )
         return {"events": events, "endpoints": cursors}
 
 
@@ -361,8 +369,9 @@ class EventDelivery:
                     continue
             seq, payload = head
             try:
-                resp = await self.client.post(url, content=payload.encode(),
-                                              headers={"Content-Type": "application/json"})
+                resp = await self.client.post(
+                    url, content=payload.encode(), headers={"Content-Type": "application/json"}
+                )
                 error = None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
@@ -376,11 +385,21 @@ class EventDelivery:
 
 
 # -- the OData service --------------------------------------------------------------------------------
-def error_body(status: int, message: str, inner_type: str = ODATA_EXCEPTION,
-               headers: dict[str, str] | None = None) -> ODataResponse:
+def error_body(
+    status: int, message: str, inner_type: str = ODATA_EXCEPTION, headers: dict[str, str] | None = None
+) -> ODataResponse:
     """F&O's error shape: a generic top-level message, the useful one in innererror."""
-    return json_response(status, {"error": {"code": "", "message": "An error has occurred.", "innererror": {
-        "message": message, "type": inner_type, "stacktrace": ""}}}, headers)
+    return json_response(
+        status,
+        {
+            "error": {
+                "code": "",
+                "message": "An error has occurred.",
+                "innererror": {"message": message, "type": inner_type, "stacktrace": ""},
+            }
+        },
+        headers,
+    )
 
 
 def empty_value(f: Field) -> Any:
@@ -400,8 +419,11 @@ class WriteError(ODataError):
     """A write F&O's business logic refuses (answered 400 with AxODataWriteException)."""
 
     def __init__(self, entity: EntityDef, infolog: str) -> None:
-        super().__init__(400, f"Write failed for table row of type '{entity.logical_name}'. Infolog: Error: {infolog}",
-                         WRITE_EXCEPTION)
+        super().__init__(
+            400,
+            f"Write failed for table row of type '{entity.logical_name}'. Infolog: Error: {infolog}",
+            WRITE_EXCEPTION,
+        )
 
 
 class FinOps:
@@ -437,8 +459,9 @@ class FinOps:
         name, key_text, rest = split_resource_path(path)
         entity = self.store.entity(name)
         if entity is None or entity.name != name or rest:  # OData names are case-sensitive
-            raise ODataError(404, "No HTTP resource was found that matches the request URI "
-                                  f"'{req.service_root}{path}'.")
+            raise ODataError(
+                404, f"No HTTP resource was found that matches the request URI '{req.service_root}{path}'."
+            )
         if req.method in Stats.WRITES:
             self.stats.count_write(req.caller.client_id, req.method)
         if key_text is None:
@@ -465,22 +488,32 @@ class FinOps:
         entity = self.store.entity(name)
         type_name = f"Microsoft.Dynamics.DataEntities.{entity.type_name if entity else name}"
         if exc.kind == "unknown":
-            msg = (f"The property '{exc.field}' does not exist on type '{type_name}'. "
-                   "Make sure to only use property names that are defined by the type.")
+            msg = (
+                f"The property '{exc.field}' does not exist on type '{type_name}'. "
+                "Make sure to only use property names that are defined by the type."
+            )
             return error_body(400, msg)
         if exc.kind == "type":
-            return error_body(400, f"Cannot convert the literal '{exc.value}' to the expected type "
-                                   f"'{exc.detail}' of property '{exc.field}'.")
+            return error_body(
+                400,
+                f"Cannot convert the literal '{exc.value}' to the expected type "
+                f"'{exc.detail}' of property '{exc.field}'.",
+            )
         if exc.kind == "value":
             f = entity.field(exc.field) if entity else None
             allowed = ", ".join(str(v) for v in f.values) if f else ""
-            return error_body(400, f"The value '{exc.value}' is not valid for enum property '{exc.field}' "
-                                   f"(allowed: {allowed}).")
+            return error_body(
+                400, f"The value '{exc.value}' is not valid for enum property '{exc.field}' (allowed: {allowed})."
+            )
         table = entity.logical_name if entity else name
         prefix = f"Write failed for table row of type '{table}'. Infolog: Error: "
         if exc.kind == "too_long":
-            return error_body(400, prefix + f"The value of field '{exc.field}' is {len(str(exc.value))} characters"
-                                            f" long; the maximum length is {exc.detail}.", WRITE_EXCEPTION)
+            return error_body(
+                400,
+                prefix + f"The value of field '{exc.field}' is {len(str(exc.value))} characters"
+                f" long; the maximum length is {exc.detail}.",
+                WRITE_EXCEPTION,
+            )
         return error_body(400, prefix + f"Field '{exc.field}' must be filled in.", WRITE_EXCEPTION)
 
     # helpers -------------------------------------------------------------------------------
@@ -488,17 +521,22 @@ class FinOps:
         def resolve(name: str) -> Column:
             f = entity.field(name)
             if f is None or f.name != name:
-                raise QueryError(f"Could not find a property named '{name}' on type "
-                                 f"'Microsoft.Dynamics.DataEntities.{entity.type_name}'.")
+                raise QueryError(
+                    f"Could not find a property named '{name}' on type "
+                    f"'Microsoft.Dynamics.DataEntities.{entity.type_name}'."
+                )
             return Column(f.name, entity.column(f.name), f.type, f.values)
+
         return resolve
 
     def key_values(self, entity: EntityDef, key_text: str) -> dict[str, Any]:
         parsed = parse_key(key_text)
         if None in parsed:
             if len(entity.key) != 1:
-                raise QueryError(f"The number of keys specified in the URI does not match number of key "
-                                 f"properties for the resource '{entity.type_name}'.")
+                raise QueryError(
+                    f"The number of keys specified in the URI does not match number of key "
+                    f"properties for the resource '{entity.type_name}'."
+                )
             parsed = {entity.key[0]: parsed[None]}
         out: dict[str, Any] = {}
         for name, lit in parsed.items():
@@ -510,8 +548,10 @@ class FinOps:
             except FieldError:
                 raise QueryError(f"The key value {lit.value!r} is not valid for '{f.name}'.") from None
         if set(out) != set(entity.key):
-            raise QueryError(f"The number of keys specified in the URI does not match number of key properties "
-                             f"for the resource '{entity.type_name}'.")
+            raise QueryError(
+                f"The number of keys specified in the URI does not match number of key properties "
+                f"for the resource '{entity.type_name}'."
+            )
         return out
 
     def entity_url(self, req: ODataRequest, entity: EntityDef, row: Row) -> str:
@@ -569,8 +609,17 @@ class FinOps:
     def emit(self, message: str, entity: EntityDef, row: Row, before: Row | None, req: ODataRequest) -> None:
         if entity.event_name is None:
             return
-        self.outbox.append(build_event(message, entity, row, before, req.caller.object_id,
-                                       self.settings.organization_id, self.settings.organization_name))
+        self.outbox.append(
+            build_event(
+                message,
+                entity,
+                row,
+                before,
+                req.caller.object_id,
+                self.settings.organization_id,
+                self.settings.organization_name,
+            )
+        )
         for callback in self.on_event:
             callback()
 
@@ -579,8 +628,9 @@ class FinOps:
         if if_match is not None and (row is None or not etag_matches(if_match, row.version)):
             if row is None:
                 raise ODataError(404, "Resource not found for the segment.")
-            raise ODataError(412, "The ETag value in the request header does not match with the current ETag "
-                                  "value of the object.")
+            raise ODataError(
+                412, "The ETag value in the request header does not match with the current ETag value of the object."
+            )
         if if_none is not None and row is not None and etag_matches(if_none, row.version) and req.method != "GET":
             raise ODataError(412, "The ETag value in the If-None-Match header matches the current ETag value.")
 
@@ -647,8 +697,11 @@ class FinOps:
         key = {n: values[n] for n in entity.key}
         if self.store.get(entity, key) is not None:
             shown = ", ".join(str(v) for v in key.values())
-            raise WriteError(entity, f"Cannot create a record in {entity.type_name} ({entity.logical_name}). "
-                                     f"{shown}. The record already exists.")
+            raise WriteError(
+                entity,
+                f"Cannot create a record in {entity.type_name} ({entity.logical_name}). "
+                f"{shown}. The record already exists.",
+            )
         with self.store.savepoint():
             try:
                 row = self.store.insert(entity, values, req.caller.object_id)
@@ -688,28 +741,29 @@ class FinOps:
         row = self.find(req, entity, key)
         with self.store.savepoint():
             version = self.store.delete(entity, row, req.caller.object_id)
-            gone = Row(row.id, version, row.created_on, row.modified_on, row.created_by, req.caller.object_id,
-                       row.values, row.rowid)
+            gone = Row(
+                row.id,
+                version,
+                row.created_on,
+                row.modified_on,
+                row.created_by,
+                req.caller.object_id,
+                row.values,
+                row.rowid,
+            )
             self.emit("Delete", entity, gone, row, req)
         return ODataResponse(204, {"OData-Version": "4.0"})
 
     # $batch --------------------------------------------------------------------------------
     def batch(self, req: ODataRequest) -> ODataResponse:
-        items = parse_batch(req.body, req.headers.get("content-type", ""))
-
-        def dispatch(part: Any) -> ODataResponse:
-            try:
-                sub = part_request(part, req, BASE_PATH)
-            except ODataError as exc:
-                return error_body(exc.status, exc.message)
-            if sub.path.strip("/") == "$batch":
-                return error_body(400, "A $batch request cannot be nested in a $batch request.")
-            return self.handle(sub)
-
-        for part in iter_parts(items):
-            if part.method not in ("GET", "POST", "PATCH", "PUT", "DELETE"):
-                raise QueryError(f"The HTTP method '{part.method}' is not valid in a batch part.")
-        responses, _ = run_batch(items, dispatch, self.store.savepoint, stop_on_error=False)
+        responses, _ = execute_batch(
+            req,
+            BASE_PATH,
+            self.handle,
+            lambda status, message: error_body(status, message),
+            self.store.savepoint,
+            stop_on_error=False,
+        )
         content_type, body = render_batch(responses)
         return ODataResponse(200, {"Content-Type": content_type, "OData-Version": "4.0"}, body)
 
@@ -729,8 +783,11 @@ def create_app(settings: Settings) -> Starlette:
         stats.requests += 1
         identity = identity_from_header(request.headers.get("authorization"), settings.signing_key)
         if identity is None:
-            resp = error_body(401, "Authentication failed: a valid bearer token is required.",
-                              headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            resp = error_body(
+                401,
+                "Authentication failed: a valid bearer token is required.",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
             return to_starlette(resp)
         if settings.latency_s:
             await asyncio.sleep(settings.latency_s)

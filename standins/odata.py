@@ -191,9 +191,19 @@ class Column:
 
 
 Resolver = Callable[[str], Column]
-_EDM = {"string": "Edm.String", "enum": "Edm.String", "int": "Edm.Int32", "choice": "Edm.Int32",
-        "decimal": "Edm.Decimal", "bool": "Edm.Boolean", "datetime": "Edm.DateTimeOffset", "guid": "Edm.Guid",
-        "lookup": "Edm.Guid", "null": "null", "date": "Edm.Date"}
+_EDM = {
+    "string": "Edm.String",
+    "enum": "Edm.String",
+    "int": "Edm.Int32",
+    "choice": "Edm.Int32",
+    "decimal": "Edm.Decimal",
+    "bool": "Edm.Boolean",
+    "datetime": "Edm.DateTimeOffset",
+    "guid": "Edm.Guid",
+    "lookup": "Edm.Guid",
+    "null": "null",
+    "date": "Edm.Date",
+}
 _OPS = {"eq": "=", "ne": "<>", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 _FUNCS = {"contains": ("%", "%"), "startswith": ("", "%"), "endswith": ("%", "")}
 
@@ -478,8 +488,9 @@ def parse_query(raw: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in parse_qsl(raw, keep_blank_values=True):
         if name in out:
-            raise QueryError(f"Query option '{name}' was specified more than once, but it must be specified at "
-                             "most once.")
+            raise QueryError(
+                f"Query option '{name}' was specified more than once, but it must be specified at most once."
+            )
         out[name] = value
     return out
 
@@ -745,6 +756,33 @@ def run_batch(
     return out, failed
 
 
+def execute_batch(
+    req: ODataRequest,
+    base_path: str,
+    handle: Callable[[ODataRequest], ODataResponse],
+    error: Callable[[int, str], ODataResponse],
+    savepoint: Callable[[], AbstractContextManager[None]],
+    *,
+    stop_on_error: bool,
+) -> tuple[list[PartResponse | list[PartResponse]], bool]:
+    """Parse a $batch request and run its parts through `handle`; `error` renders the service's error body."""
+    items = parse_batch(req.body, req.headers.get("content-type", ""))
+    for part in iter_parts(items):
+        if part.method not in ("GET", "POST", "PATCH", "PUT", "DELETE"):
+            raise QueryError(f"The HTTP method '{part.method}' is not valid in a batch part.")
+
+    def dispatch(part: BatchPart) -> ODataResponse:
+        try:
+            sub = part_request(part, req, base_path)
+        except ODataError as exc:
+            return error(exc.status, exc.message)
+        if sub.path.strip("/") == "$batch":
+            return error(400, "A $batch request cannot be nested in a $batch request.")
+        return handle(sub)
+
+    return run_batch(items, dispatch, savepoint, stop_on_error=stop_on_error)
+
+
 def iter_parts(items: list[BatchPart | ChangeSet]) -> Iterator[BatchPart]:
     for item in items:
         yield from (item.parts if isinstance(item, ChangeSet) else [item])
@@ -758,5 +796,13 @@ def part_request(part: BatchPart, outer: ODataRequest, base_path: str) -> ODataR
         if not path.startswith(base_path) and path + "/" != base_path:
             raise ODataError(404, f"No HTTP resource was found that matches the request URI '{part.url}'.")
         path = path[len(base_path) :]
-    return ODataRequest(part.method, unquote(path), parse_query(split.query), part.headers, part.body,
-                        outer.service_root, outer.caller, split.query)
+    return ODataRequest(
+        part.method,
+        unquote(path),
+        parse_query(split.query),
+        part.headers,
+        part.body,
+        outer.service_root,
+        outer.caller,
+        split.query,
+    )

@@ -176,9 +176,7 @@ class Store:
             raise _invalid_schema('- the request has no "schema" string')
         schema_type = body.get("schemaType") or "AVRO"
         if not isinstance(schema_type, str) or schema_type.upper() != "AVRO":
-            raise _invalid_schema(
-                f"- schemaType {schema_type!r} is not supported; this registry serves AVRO only"
-            )
+            raise _invalid_schema(f"- schemaType {schema_type!r} is not supported; this registry serves AVRO only")
         refs = body.get("references") or []
         if not isinstance(refs, list) or not all(_is_ref(r) for r in refs):
             raise _invalid_schema('- "references" must be a list of {"name", "subject", "version"} objects')
@@ -209,8 +207,7 @@ class Store:
             row = self._row(ref["subject"], ref["version"], include_deleted=True)
             if row is None:
                 raise _invalid_schema(
-                    f"- reference {ref['name']!r} to subject {ref['subject']!r} "
-                    f"version {ref['version']} not found"
+                    f"- reference {ref['name']!r} to subject {ref['subject']!r} version {ref['version']} not found"
                 )
             key = (row["subject"], row["version"])
             if key in seen:
@@ -243,8 +240,7 @@ class Store:
     def schema_by_id(self, schema_id: int) -> sqlite3.Row:
         # A schema is served while any version (soft-deleted too) still uses it, as Confluent does.
         row = self.db.execute(
-            "SELECT s.* FROM schemas s WHERE s.id = ? "
-            "AND EXISTS (SELECT 1 FROM versions v WHERE v.schema_id = s.id)",
+            "SELECT s.* FROM schemas s WHERE s.id = ? AND EXISTS (SELECT 1 FROM versions v WHERE v.schema_id = s.id)",
             (schema_id,),
         ).fetchone()
         if row is None:
@@ -304,9 +300,7 @@ class Store:
         return self.subject_level(subject) or self.subject_level(GLOBAL) or self.default_level
 
     def set_level(self, subject: str, level: str) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO config (subject, compatibility) VALUES (?, ?)", (subject, level)
-        )
+        self.db.execute("INSERT OR REPLACE INTO config (subject, compatibility) VALUES (?, ?)", (subject, level))
 
     def drop_level(self, subject: str) -> None:
         self.db.execute("DELETE FROM config WHERE subject = ?", (subject,))
@@ -344,9 +338,7 @@ def _is_ref(ref: Any) -> bool:
     )
 
 
-def _describe(
-    reader: avro.schema.Schema, writer: avro.schema.Schema, reader_is: str, writer_is: str
-) -> list[str]:
+def _describe(reader: avro.schema.Schema, writer: avro.schema.Schema, reader_is: str, writer_is: str) -> list[str]:
     """Confluent-style messages for what stops `reader` from reading data written with `writer`."""
     result = ReaderWriterCompatibilityChecker().get_compatibility(reader, writer)
     if result.compatibility is SchemaCompatibilityType.compatible:
@@ -360,9 +352,7 @@ def _describe(
             f"and is missing in the {writer_is} schema"
         )
     else:
-        description = (
-            f"The {reader_is} schema cannot read data written with the {writer_is} schema at '{locations}'"
-        )
+        description = f"The {reader_is} schema cannot read data written with the {writer_is} schema at '{locations}'"
     return [f"{{errorType:'{', '.join(kinds)}', description:'{description}', additionalInfo:'{info}'}}"]
 
 
@@ -473,9 +463,7 @@ def _schema_uses(store: Store, call: Call) -> list[sqlite3.Row]:
 
 
 def schema_versions(store: Store, call: Call) -> Any:
-    return _page(
-        [{"subject": r["subject"], "version": r["version"]} for r in _schema_uses(store, call)], call.query
-    )
+    return _page([{"subject": r["subject"], "version": r["version"]} for r in _schema_uses(store, call)], call.query)
 
 
 def schema_subjects(store: Store, call: Call) -> Any:
@@ -542,9 +530,7 @@ def register(store: Store, call: Call) -> Any:
     every = store.rows(subject, include_deleted=True)
     version = (every[-1]["version"] + 1) if every else 1
     # Confluent drops soft-deleted versions of the same schema when it is registered again.
-    store.db.execute(
-        "DELETE FROM versions WHERE subject = ? AND schema_id = ? AND deleted = 1", (subject, schema_id)
-    )
+    store.db.execute("DELETE FROM versions WHERE subject = ? AND schema_id = ? AND deleted = 1", (subject, schema_id))
     store.db.execute(
         "INSERT INTO versions (subject, version, schema_id, deleted) VALUES (?, ?, ?, 0)",
         (subject, version, schema_id),
@@ -598,8 +584,7 @@ def delete_version(store: Store, call: Call) -> Any:
             raise RegistryError(
                 404,
                 40407,
-                f"Subject '{subject}' Version {version} was not deleted first "
-                "before being permanently deleted",
+                f"Subject '{subject}' Version {version} was not deleted first before being permanently deleted",
             )
         store.db.execute("DELETE FROM versions WHERE subject = ? AND version = ?", (subject, version))
         return version
@@ -611,9 +596,7 @@ def delete_version(store: Store, call: Call) -> Any:
 def _check_compatibility(store: Store, call: Call, olds: list[sqlite3.Row]) -> Any:
     cand = store.candidate(call.body())
     level = store.level(call.params["subject"])
-    problems = incompatibilities(
-        level, cand.parsed, [(r["version"], r["schema"], store.parsed(r)) for r in olds]
-    )
+    problems = incompatibilities(level, cand.parsed, [(r["version"], r["schema"], store.parsed(r)) for r in olds])
     body: dict[str, Any] = {"is_compatible": not problems}
     if _flag(call.query, "verbose"):
         body["messages"] = problems
@@ -654,9 +637,7 @@ def get_subject_config(store: Store, call: Call) -> Any:
     if level is None and _flag(call.query, "defaultToGlobal"):
         level = store.level(GLOBAL)
     if level is None:
-        raise RegistryError(
-            404, 40408, f"Subject '{subject}' does not have subject-level compatibility configured"
-        )
+        raise RegistryError(404, 40408, f"Subject '{subject}' does not have subject-level compatibility configured")
     return {"compatibilityLevel": level}
 
 
@@ -743,9 +724,7 @@ def create_app(settings: Settings) -> Starlette:
         found = [(m, h, p) for m, pattern, h in ROUTES if (p := _match(pattern, segments)) is not None]
         if not found:
             return _error(404, 404, "HTTP 404 Not Found")
-        method = (
-            "GET" if request.method == "HEAD" else request.method
-        )  # as Jersey does; uvicorn drops the body
+        method = "GET" if request.method == "HEAD" else request.method  # as Jersey does; uvicorn drops the body
         chosen = next(((h, p) for m, h, p in found if m == method), None)
         if chosen is None:
             return _error(405, 405, "HTTP 405 Method Not Allowed")

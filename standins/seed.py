@@ -20,40 +20,87 @@ CUSTOMER_GROUPS = (
     ("90", "Intercompany customers"),
 )
 _US_NAMES = (
-    "Forest Wholesales", "Sparrow Retail", "Lamna Healthcare Company", "Adventure Works", "Fabrikam Electronics",
-    "Contoso Retail San Diego", "Contoso Retail Los Angeles", "Northwind Traders", "Trey Research",
-    "Litware Inc.", "Proseware Inc.", "Wide World Importers", "Tailspin Toys", "Fourth Coffee",
-    "Alpine Ski House", "Coho Winery", "Blue Yonder Airlines", "Margie's Travel", "Woodgrove Bank",
-    "Relecloud", "Humongous Insurance", "Lucerne Publishing", "Graphic Design Institute",
-    "School of Fine Art", "City Power & Light",
+    "Forest Wholesales",
+    "Sparrow Retail",
+    "Lamna Healthcare Company",
+    "Adventure Works",
+    "Fabrikam Electronics",
+    "Contoso Retail San Diego",
+    "Contoso Retail Los Angeles",
+    "Northwind Traders",
+    "Trey Research",
+    "Litware Inc.",
+    "Proseware Inc.",
+    "Wide World Importers",
+    "Tailspin Toys",
+    "Fourth Coffee",
+    "Alpine Ski House",
+    "Coho Winery",
+    "Blue Yonder Airlines",
+    "Margie's Travel",
+    "Woodgrove Bank",
+    "Relecloud",
+    "Humongous Insurance",
+    "Lucerne Publishing",
+    "Graphic Design Institute",
+    "School of Fine Art",
+    "City Power & Light",
 )
 _DE_NAMES = (
-    "Bergmann Handels GmbH", "Rheinland Elektronik AG", "Nordsee Fischhandel GmbH", "Alpenblick Sport GmbH",
-    "Schwarzwald Uhren KG", "Hanse Logistik GmbH", "Bayern Maschinenbau AG", "Elbtal Medien GmbH",
-    "Mosel Weinkontor GmbH", "Spree Software GmbH", "Ruhr Stahlhandel AG", "Isar Optik GmbH",
-    "Harz Holzwerke GmbH", "Main Finanz Service GmbH", "Ostsee Reisen GmbH", "Neckar Autoteile GmbH",
-    "Donau Pharma AG", "Weser Baustoffe GmbH", "Taunus Druckerei KG", "Allgäu Käserei GmbH",
-    "Eifel Energie GmbH", "Lausitz Textil GmbH", "Pfalz Gartenbau GmbH", "Saar Kunststoff AG",
+    "Bergmann Handels GmbH",
+    "Rheinland Elektronik AG",
+    "Nordsee Fischhandel GmbH",
+    "Alpenblick Sport GmbH",
+    "Schwarzwald Uhren KG",
+    "Hanse Logistik GmbH",
+    "Bayern Maschinenbau AG",
+    "Elbtal Medien GmbH",
+    "Mosel Weinkontor GmbH",
+    "Spree Software GmbH",
+    "Ruhr Stahlhandel AG",
+    "Isar Optik GmbH",
+    "Harz Holzwerke GmbH",
+    "Main Finanz Service GmbH",
+    "Ostsee Reisen GmbH",
+    "Neckar Autoteile GmbH",
+    "Donau Pharma AG",
+    "Weser Baustoffe GmbH",
+    "Taunus Druckerei KG",
+    "Allgäu Käserei GmbH",
+    "Eifel Energie GmbH",
+    "Lausitz Textil GmbH",
+    "Pfalz Gartenbau GmbH",
+    "Saar Kunststoff AG",
     "Vogtland Instrumente GmbH",
 )
 _US_CITIES = (
     ("Seattle", "WA", "KING", "98101", 47.6062, -122.3321),
     ("San Diego", "CA", "SAN DIEGO", "92101", 32.7157, -117.1611),
-    ("Chicago", "IL", "COOK", "60601", 41.8781, -87.6298), ("New York", "NY", "NEW YORK", "10001", 40.7128, -74.0060),
-    ("Atlanta", "GA", "FULTON", "30301", 33.7490, -84.3880), ("Dallas", "TX", "DALLAS", "75201", 32.7767, -96.7970),
-    ("Denver", "CO", "DENVER", "80202", 39.7392, -104.9903), ("Boston", "MA", "SUFFOLK", "02108", 42.3601, -71.0589),
+    ("Chicago", "IL", "COOK", "60601", 41.8781, -87.6298),
+    ("New York", "NY", "NEW YORK", "10001", 40.7128, -74.0060),
+    ("Atlanta", "GA", "FULTON", "30301", 33.7490, -84.3880),
+    ("Dallas", "TX", "DALLAS", "75201", 32.7767, -96.7970),
+    ("Denver", "CO", "DENVER", "80202", 39.7392, -104.9903),
+    ("Boston", "MA", "SUFFOLK", "02108", 42.3601, -71.0589),
 )
 _DE_CITIES = (
-    ("Berlin", "BE", "", "10115", 52.5200, 13.4050), ("München", "BY", "", "80331", 48.1351, 11.5820),
-    ("Hamburg", "HH", "", "20095", 53.5511, 9.9937), ("Köln", "NW", "", "50667", 50.9375, 6.9603),
-    ("Frankfurt am Main", "HE", "", "60311", 50.1109, 8.6821), ("Stuttgart", "BW", "", "70173", 48.7758, 9.1829),
-    ("Düsseldorf", "NW", "", "40213", 51.2277, 6.7735), ("Leipzig", "SN", "", "04109", 51.3397, 12.3731),
+    ("Berlin", "BE", "", "10115", 52.5200, 13.4050),
+    ("München", "BY", "", "80331", 48.1351, 11.5820),
+    ("Hamburg", "HH", "", "20095", 53.5511, 9.9937),
+    ("Köln", "NW", "", "50667", 50.9375, 6.9603),
+    ("Frankfurt am Main", "HE", "", "60311", 50.1109, 8.6821),
+    ("Stuttgart", "BW", "", "70173", 48.7758, 9.1829),
+    ("Düsseldorf", "NW", "", "40213", 51.2277, 6.7735),
+    ("Leipzig", "SN", "", "04109", 51.3397, 12.3731),
 )
 _US_STREETS = ("Main Street", "Pine Avenue", "Lake Drive", "Market Street", "Oak Boulevard", "Cedar Lane")
 _DE_STREETS = ("Hauptstraße", "Bahnhofstraße", "Gartenweg", "Schillerstraße", "Goethestraße", "Lindenallee")
 TRANSACTION_CURRENCIES = (
-    ("USD", "US Dollar", "$"), ("EUR", "Euro", "€"), ("GBP", "British Pound", "£"),
-    ("DKK", "Danish Krone", "kr."), ("CAD", "Canadian Dollar", "CA$"),
+    ("USD", "US Dollar", "$"),
+    ("EUR", "Euro", "€"),
+    ("GBP", "British Pound", "£"),
+    ("DKK", "Danish Krone", "kr."),
+    ("CAD", "Canadian Dollar", "CA$"),
 )
 
 
@@ -72,8 +119,14 @@ def _customer(company: str, n: int) -> dict[str, Any]:
     phone = f"+1 206-555-{1000 + n:04d}" if us else f"+49 30 5550{100 + n:03d}"
     group = CUSTOMER_GROUPS[(n - 1) % len(CUSTOMER_GROUPS)][0]
     address = {
-        "Street": street, "City": city, "State": state, "County": county, "ZipCode": zipcode,
-        "CountryRegionISOCode": "US" if us else "DE", "Latitude": lat, "Longitude": lon,
+        "Street": street,
+        "City": city,
+        "State": state,
+        "County": county,
+        "ZipCode": zipcode,
+        "CountryRegionISOCode": "US" if us else "DE",
+        "Latitude": lat,
+        "Longitude": lon,
     }
     values: dict[str, Any] = {
         "dataAreaId": company,
@@ -109,6 +162,7 @@ def seed_fo(store: Store, empty_value: Callable[[Field], Any] = lambda f: None) 
     assert legal is not None and groups is not None and customers is not None
     if store.count(legal):
         return
+
     def insert(entity: EntityDef, values: dict[str, Any], *id_parts: str) -> None:
         values.update({f.name: empty_value(f) for f in entity.fields if f.name not in values})
         store.insert(entity, values, SYSTEM_USER, seed_id(entity.name, *id_parts), now=SEED_TIME)
@@ -117,8 +171,17 @@ def seed_fo(store: Store, empty_value: Callable[[Field], Any] = lambda f: None) 
         for company, name in LEGAL_ENTITIES:
             insert(legal, {"LegalEntityId": company, "Name": name}, company)
             for group_id, description in CUSTOMER_GROUPS:
-                insert(groups, {"dataAreaId": company, "CustomerGroupId": group_id, "Description": description,
-                                "IsSalesTaxIncludedInPrice": "No"}, company, group_id)
+                insert(
+                    groups,
+                    {
+                        "dataAreaId": company,
+                        "CustomerGroupId": group_id,
+                        "Description": description,
+                        "IsSalesTaxIncludedInPrice": "No",
+                    },
+                    company,
+                    group_id,
+                )
             for n in range(1, 26):
                 values = _customer(company, n)
                 insert(customers, values, company, values["CustomerAccount"])
@@ -132,5 +195,10 @@ def seed_dataverse(store: Store) -> None:
         return
     with store.savepoint():
         for code, name, symbol in TRANSACTION_CURRENCIES:
-            store.insert(currencies, {"isocurrencycode": code, "currencyname": name, "currencysymbol": symbol},
-                         SYSTEM_USER, seed_id(currencies.name, code), now=SEED_TIME)
+            store.insert(
+                currencies,
+                {"isocurrencycode": code, "currencyname": name, "currencysymbol": symbol},
+                SYSTEM_USER,
+                seed_id(currencies.name, code),
+                now=SEED_TIME,
+            )

@@ -272,16 +272,27 @@ class Store:
         return int(self.execute("SELECT value FROM __meta WHERE name = 'version'")[0][0])
 
     def _next_version(self) -> int:
-        return int(self.conn.execute("UPDATE __meta SET value = value + 1 WHERE name = 'version' RETURNING value")
-                   .fetchone()[0])
+        return int(
+            self.conn.execute("UPDATE __meta SET value = value + 1 WHERE name = 'version' RETURNING value").fetchone()[
+                0
+            ]
+        )
 
     # -- reads ----------------------------------------------------------------------------------
     def _row(self, entity: EntityDef, r: sqlite3.Row) -> Row:
         values = {}
         for f in entity.fields:
             values[f.name] = r["__id"] if f.name == entity.guid_key else r[f.name]
-        return Row(r["__id"], r["__version"], r["__created_on"], r["__modified_on"], r["__created_by"],
-                   r["__modified_by"], values, r["__rowid"])
+        return Row(
+            r["__id"],
+            r["__version"],
+            r["__created_on"],
+            r["__modified_on"],
+            r["__created_by"],
+            r["__modified_by"],
+            values,
+            r["__rowid"],
+        )
 
     def get(self, entity: EntityDef, key: dict[str, Any]) -> Row | None:
         """The row whose key or alternate key has these (stored) values."""
@@ -297,12 +308,19 @@ class Store:
         rows = self.select(entity, '"__id" = ?', [row_id], limit=1)
         return rows[0] if rows else None
 
-    def select(self, entity: EntityDef, where: str = "", params: list[Any] | tuple[Any, ...] = (),
-               order_by: str = "", limit: int | None = None, offset: int = 0) -> list[Row]:
+    def select(
+        self,
+        entity: EntityDef,
+        where: str = "",
+        params: list[Any] | tuple[Any, ...] = (),
+        order_by: str = "",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Row]:
         sql = f'SELECT * FROM "{entity.name}"'
         if where:
             sql += f" WHERE {where}"
-        sql += f" ORDER BY {order_by + ', ' if order_by else ''}\"__rowid\""
+        sql += f' ORDER BY {order_by + ", " if order_by else ""}"__rowid"'
         if limit is not None or offset:
             sql += f" LIMIT {-1 if limit is None else int(limit)} OFFSET {int(offset)}"
         return [self._row(entity, r) for r in self.execute(sql, list(params))]
@@ -314,12 +332,14 @@ class Store:
     def changes(self, entity: EntityDef, after: int, upto: int, limit: int) -> list[Row | Tombstone]:
         """Rows and tombstones with a version in (after, upto], by version, at most `limit`."""
         rows: list[Row | Tombstone] = list(
-            self.select(entity, '"__version" > ? AND "__version" <= ?', [after, upto],
-                        order_by='"__version"', limit=limit)
+            self.select(
+                entity, '"__version" > ? AND "__version" <= ?', [after, upto], order_by='"__version"', limit=limit
+            )
         )
         for t in self.execute(
             "SELECT id, version, key FROM __tombstones WHERE entity = ? AND version > ? AND version <= ?"
-            " ORDER BY version LIMIT ?", [entity.name, after, upto, limit]
+            " ORDER BY version LIMIT ?",
+            [entity.name, after, upto, limit],
         ):
             rows.append(Tombstone(t["id"], t["version"], json.loads(t["key"] or "{}")))
         rows.sort(key=lambda r: r.version)
@@ -336,8 +356,9 @@ class Store:
                 raise FieldError("required", f.name)
         return out
 
-    def insert(self, entity: EntityDef, values: dict[str, Any], user: str, row_id: str | None = None,
-               now: str | None = None) -> Row:
+    def insert(
+        self, entity: EntityDef, values: dict[str, Any], user: str, row_id: str | None = None, now: str | None = None
+    ) -> Row:
         """Insert normalised values (defaults are applied here too); returns the stored row."""
         values = self.prepare_insert(entity, values)
         pk = entity.guid_key
@@ -380,11 +401,14 @@ class Store:
             try:
                 self.conn.executemany(
                     f'INSERT INTO "{entity.name}" ("__id", "__version", "__created_on", "__modified_on",'
-                    f' "__created_by", "__modified_by"{cols}) VALUES (?, ?, ?, ?, ?, ?{marks})', params)
+                    f' "__created_by", "__modified_by"{cols}) VALUES (?, ?, ?, ?, ?, ?{marks})',
+                    params,
+                )
             except sqlite3.IntegrityError as exc:
                 raise DuplicateKeyError(str(exc)) from None
-            self.conn.executemany("DELETE FROM __tombstones WHERE entity = ? AND id = ?",
-                                  [[entity.name, p[0]] for p in params])
+            self.conn.executemany(
+                "DELETE FROM __tombstones WHERE entity = ? AND id = ?", [[entity.name, p[0]] for p in params]
+            )
         return len(prepared)
 
     def update(self, entity: EntityDef, row: Row, changes: dict[str, Any], user: str) -> Row:

@@ -107,6 +107,13 @@ def dlq_records(stack: LocalStack, topic: str) -> list[dlq.DeadLetter]:
     return list(dlq.read_all(stack.config.kafka, kafka.dlq_topic(topic), idle_s=0.5))
 
 
+def dead_lettered(stack: LocalStack, topic: str, key: str) -> list[dlq.DeadLetter]:
+    """Wait until the record with `key` is in `topic`'s DLQ; its dead letters."""
+    return eventually(
+        lambda: [d for d in dlq_records(stack, topic) if d.key == key.encode()], what=f"{key} in the DLQ of {topic}"
+    )
+
+
 def test_seeded_fo_data_arrives_in_dataverse_in_dependency_order(stack: LocalStack, dv: httpx.Client) -> None:
     eventually(lambda: company_id(dv, "usmf") and company_id(dv, "demf"), what="both companies")
     groups = eventually(
@@ -189,9 +196,7 @@ def test_untranslatable_value_goes_to_dlq_and_later_records_flow(
     new_fo_customer(fo, "T-BAD-1", OnHoldStatus="Never")  # the test map has no Dataverse value for it
     new_fo_customer(fo, "T-GOOD-1")
     eventually(lambda: account(dv, "T-GOOD-1"), what="the record behind the bad one")
-    letters = eventually(
-        lambda: [d for d in dlq_records(stack, topic) if d.key == b"usmf|T-BAD-1"], what="T-BAD-1 in the DLQ"
-    )
+    letters = dead_lettered(stack, topic, "usmf|T-BAD-1")
     h = letters[0].headers
     assert h["dualwrite.error.class"] == "MappingError" and "Never" in h["dualwrite.error.message"]
     assert h["dualwrite.map"] == "customers" and h["dualwrite.original.topic"] == topic
@@ -204,9 +209,7 @@ def test_target_rejection_goes_to_dlq(stack: LocalStack, fo: httpx.Client, dv: h
     new_dv_account(dv, "T-LONG-1", name="N" * 150)  # Dataverse takes 160 characters, F&O only 100
     new_dv_account(dv, "T-OK-1")
     eventually(lambda: customer(fo, "T-OK-1"), what="the record behind the rejected one")
-    letters = eventually(
-        lambda: [d for d in dlq_records(stack, topic) if d.key == b"usmf|T-LONG-1"], what="T-LONG-1 in the DLQ"
-    )
+    letters = dead_lettered(stack, topic, "usmf|T-LONG-1")
     h = letters[0].headers
     assert h["dualwrite.error.class"] == "TargetRejectedError" and "400" in h["dualwrite.error.message"]
     assert h["dualwrite.direction"] == "dataverse->fo"
@@ -324,10 +327,7 @@ def test_dead_letter_is_listed_and_replayed_once_the_cause_is_fixed(
         },
     ).status_code in (201, 204)
     topic = kafka.topic(stack.config.kafka.topic_prefix, "dataverse", "accounts")
-    letters = eventually(
-        lambda: [d for d in dlq_records(stack, topic) if d.key == b"usmf|T-REPLAY-1"],
-        what="T-REPLAY-1 dead-lettered after the missing-reference timeout",
-    )
+    letters = dead_lettered(stack, topic, "usmf|T-REPLAY-1")
     assert letters[0].headers["dualwrite.error.class"] == "MissingReferenceError"
     assert int(letters[0].headers["dualwrite.attempts"]) > 1
 

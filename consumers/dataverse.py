@@ -134,7 +134,7 @@ def _remember_created(cache: LookupCache, url: str, entity_id: str, w: TargetWri
     if len(w.key) == 1:
         ((field, value),) = w.key.items()
         company_id = None
-        if entity_set != "cdm_companies":
+        if entity_set != "cdm_companies" and w.company:
             company_id = cache.company_id(w.company)
         cache.remember(entity_set, field, value, guid, company_id)
 

@@ -30,13 +30,15 @@ class FoTarget(ODataTarget):
 
     def _key(self, m: TableMap, w: TargetWrite) -> dict[str, Any]:
         key = dict(w.key)
-        if m.fo.company_field not in key:
+        if m.fo.company_field is not None and m.fo.company_field not in key:
             key = {m.fo.company_field: w.company, **key}
         return key
 
     def current_rows(self, m: TableMap, writes: list[TargetWrite]) -> dict[Ident, dict[str, Any]]:
         fo = m.fo
-        select = sorted({f.fo for f in m.fields if f.fo} | {fo.company_field, *fo.key})
+        select = sorted(
+            {f.fo for f in m.fields if f.fo} | {*fo.key} | ({fo.company_field} if fo.company_field else set())
+        )
         found: dict[Ident, dict[str, Any]] = {}
         for start in range(0, len(writes), _CHUNK):
             chunk = writes[start : start + _CHUNK]
@@ -45,7 +47,7 @@ class FoTarget(ODataTarget):
                 for w in chunk
             )
             for row in self.client.query(fo.entity_set, flt, select):
-                company = str(row.get(fo.company_field, "")).lower()
+                company = str(row.get(fo.company_field, "")).lower() if fo.company_field else ""
                 found[(company, tuple(str(row.get(k, "")).lower() for k in fo.key))] = row
         return found
 
@@ -61,7 +63,9 @@ class FoTarget(ODataTarget):
             marker = (ref_map.fo.entity_set, w.company, str(value).lower())
             if marker in self._known_refs:
                 continue
-            key = {ref_map.fo.company_field: w.company, ref_map.fo.key[0]: value}
+            key = {ref_map.fo.key[0]: value}
+            if ref_map.fo.company_field is not None:
+                key = {ref_map.fo.company_field: w.company, **key}
             flt = " and ".join(f"{k} eq {odata.literal(v)}" for k, v in key.items())
             if not any(True for _ in self.client.query(ref_map.fo.entity_set, flt, [ref_map.fo.key[0]], top=1)):
                 raise MissingReferenceError(

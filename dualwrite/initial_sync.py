@@ -27,7 +27,7 @@ from dualwrite.errors import DualWriteError
 from dualwrite.fo import FoClient
 from dualwrite.order import dependency_order
 from dualwrite.tablemap import TableMap
-from producers.fo import snapshot_event
+from producers.fo import snapshot_event, source_filter
 from producers.publish import Publisher
 
 RUN_HEADER = "dualwrite.sync.run"
@@ -65,6 +65,12 @@ def _after_key(fields: list[str], last: list[str]) -> str:
     return "(" + " or ".join(ors) + ")"
 
 
+def _key_fields(m: TableMap) -> list[str]:
+    """The F&O read order: company first (unless global), then the key."""
+    company = [m.fo.company_field] if m.fo.company_field else []
+    return [*company, *[k for k in m.fo.key if k != m.fo.company_field]]
+
+
 class InitialSync:
     def __init__(self, cfg: Config, maps: dict[str, TableMap], run_id: str | None = None, page: int = PAGE) -> None:
         self.cfg = cfg
@@ -97,12 +103,11 @@ class InitialSync:
         return results
 
     def _rows(self, m: TableMap, last: list[str] | None) -> Iterator[dict[str, Any]]:
-        key_fields = [m.fo.company_field, *[k for k in m.fo.key if k != m.fo.company_field]]
-        companies = " or ".join(f"{m.fo.company_field} eq {odata.literal(c)}" for c in self.cfg.companies)
-        flt = f"({companies})"
+        flt = source_filter(m, self.cfg.companies)
         if last:
-            flt += f" and {_after_key(key_fields, last)}"
-        yield from self.fo.query(m.fo.entity_set, flt, orderby=key_fields)
+            after = _after_key(_key_fields(m), last)
+            flt = f"{flt} and {after}" if flt else after
+        yield from self.fo.query(m.fo.entity_set, flt, orderby=_key_fields(m))
 
     def _sync_map(self, m: TableMap, on_progress: Callable[[MapProgress], None]) -> MapProgress:
         progress = MapProgress(m.name)
@@ -112,13 +117,12 @@ class InitialSync:
             progress.finished = time.monotonic()
             on_progress(progress)
             return progress
-        companies = " or ".join(f"{m.fo.company_field} eq {odata.literal(c)}" for c in self.cfg.companies)
-        progress.total = self.fo.count(m.fo.entity_set, f"({companies})")
+        progress.total = self.fo.count(m.fo.entity_set, source_filter(m, self.cfg.companies))
         last_text = self.checkpoints.get(self._mark(m.name, "last"))
         last = last_text.split("|") if last_text else None
         progress.done = progress.resumed_at = int(self.checkpoints.get(self._mark(m.name, "count")) or 0)
         publisher = Publisher(self.cfg, "fo", {m.name: m}, headers=[(RUN_HEADER, self.run_id)])
-        key_fields = [m.fo.company_field, *[k for k in m.fo.key if k != m.fo.company_field]]
+        key_fields = _key_fields(m)
         topic = kafka.map_topics(self.cfg.kafka.topic_prefix, m)["fo"]
         page: list[ChangeEvent] = []
         last_row: dict[str, Any] | None = None

@@ -38,7 +38,10 @@ def status_topic(prefix: str) -> str:
 
 def map_topics(prefix: str, m: TableMap) -> dict[str, str]:
     """Source topic per side of one map: {'fo': ..., 'dataverse': ...}."""
-    return {"fo": topic(prefix, "fo", m.fo.entity_set), "dataverse": topic(prefix, "dataverse", m.dataverse.entity_set)}
+    return {
+        "fo": topic(prefix, "fo", m.fo.topic or m.fo.entity_set),
+        "dataverse": topic(prefix, "dataverse", m.dataverse.topic or m.dataverse.entity_set),
+    }
 
 
 _CLIENT_LOG = logging.getLogger("dualwrite.kafka.client")

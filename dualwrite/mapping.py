@@ -115,7 +115,7 @@ def _to_fo(table_map: TableMap, event: ChangeEvent, key: dict[str, Any]) -> Targ
             continue
         values[f.fo] = _translate(f, row.get(f.dataverse), forward=False)
     company_field = table_map.fo.company_field
-    if company_field not in table_map.fo.key:
+    if company_field is not None and company_field not in table_map.fo.key:
         values[company_field] = event.company
     for k, v in key.items():
         if not _same(values.get(k), v):

@@ -89,8 +89,13 @@ class FoSide(_Strict):
     entity_set: str
     event_entity: str
     key: list[str]
-    company_field: str = "dataAreaId"
+    company_field: str | None = Field(
+        default="dataAreaId", description="The legal-entity field; null for a global (shared) entity."
+    )
     filter: dict[str, Any] = Field(default_factory=dict)
+    topic: str | None = Field(
+        default=None, description="Topic name suffix when two maps read the same entity set (split by filter)."
+    )
 
 
 class DataverseSide(_Strict):
@@ -100,11 +105,12 @@ class DataverseSide(_Strict):
     company_lookup: str | None = None
     company_field: str | None = None
     filter: dict[str, Any] = Field(default_factory=dict)
+    topic: str | None = None
 
     @model_validator(mode="after")
     def _company(self) -> DataverseSide:
-        if (self.company_lookup is None) == (self.company_field is None):
-            raise ValueError("set exactly one of company_lookup (company-specific table) or company_field")
+        if self.company_lookup is not None and self.company_field is not None:
+            raise ValueError("set at most one of company_lookup (company-specific table) or company_field")
         return self
 
 
@@ -124,6 +130,14 @@ class TableMap(_Strict):
 
     @model_validator(mode="after")
     def _keys_mapped(self) -> TableMap:
+        dv_company = self.dataverse.company_lookup or self.dataverse.company_field
+        if (self.fo.company_field is None) != (dv_company is None):
+            raise ValueError(
+                "a global map has fo.company_field: null and no dataverse company_lookup/company_field; "
+                "a company-specific map has both"
+            )
+        if self.conflict.policy == "source-of-truth" and self.conflict.source_of_truth is None:
+            raise ValueError("conflict.policy source-of-truth needs conflict.source_of_truth: fo or dataverse")
         pairs = {(f.fo, f.dataverse) for f in self.fields if f.dir is Direction.BOTH}
         for fo_key, dv_key in zip(self.fo.key, self.dataverse.key, strict=False):
             if (fo_key, dv_key) not in pairs:
@@ -131,6 +145,10 @@ class TableMap(_Strict):
         if len(self.fo.key) != len(self.dataverse.key):
             raise ValueError("fo.key and dataverse.key must have the same number of fields")
         return self
+
+    @property
+    def company_specific(self) -> bool:
+        return self.fo.company_field is not None
 
     def fields_towards(self, side: str) -> list[FieldMap]:
         return [f for f in self.fields if f.dir.carries(side)]

@@ -137,13 +137,13 @@ class DataverseProducer:
         for row in rows:
             after = self._row(m, row, resolved)
             company = str(after.get(dv.company_lookup or dv.company_field or "") or "").lower()
-            if not company or any(after.get(k) in (None, "") for k in dv.key):
+            if (m.company_specific and not company) or any(after.get(k) in (None, "") for k in dv.key):
                 metrics.PRODUCED.labels("dataverse", dv.entity_set, "filtered").inc()
                 continue
             key = record_key(company, [after[k] for k in dv.key])
             guid = str(row[dv.primary_key])
             index[f"dataverse|index|{dv.entity_set}|{guid}"] = key
-            if company not in self.cfg.companies:
+            if m.company_specific and company not in self.cfg.companies:
                 metrics.PRODUCED.labels("dataverse", dv.entity_set, "filtered").inc()
                 continue
             user = str(row.get("_modifiedby_value") or "").lower() or None

@@ -20,11 +20,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import schemas
-from dualwrite import kafka, metrics
+from dualwrite import kafka, metrics, odata
 from dualwrite.checkpoints import CheckpointStore
 from dualwrite.config import Config
 from dualwrite.envelope import ChangeEvent, Op, Origin, Side, record_key
-from dualwrite.errors import DualWriteError, PermanentError, RetryableError
+from dualwrite.errors import ConfigError, DualWriteError, PermanentError, RetryableError
 from dualwrite.fo import FoClient
 from dualwrite.order import dependency_order
 from dualwrite.tablemap import TableMap
@@ -59,15 +59,28 @@ def _parameter(params: Any, name: str) -> Any:
     return None
 
 
+def fo_company(m: TableMap, row: dict[str, Any]) -> str:
+    """The row's legal entity, lower case; '' for a global entity."""
+    return str(row.get(m.fo.company_field) or "").lower() if m.fo.company_field else ""
+
+
+def source_filter(m: TableMap, companies: list[str]) -> str | None:
+    """OData filter for the map's rows: the enabled companies (unless global) and the map's source filter."""
+    parts = [f"{name} eq {odata.literal(value)}" for name, value in m.fo.filter.items()]
+    if m.fo.company_field is not None:
+        parts.insert(0, "(" + " or ".join(f"{m.fo.company_field} eq {odata.literal(c)}" for c in companies) + ")")
+    return " and ".join(parts) or None
+
+
 def snapshot_event(
     publisher: Publisher, m: TableMap, raw: dict[str, Any], companies: list[str], correlation_id: str | None = None
 ) -> ChangeEvent | None:
     """A `snapshot` change event for one F&O row read over OData (None when not ours to sync)."""
     row = publisher.coerce(m.fo.entity_set, raw)
-    company = str(row.get(m.fo.company_field) or "").lower()
-    if company not in companies or any(row.get(k) in (None, "") for k in m.fo.key):
+    company = fo_company(m, row)
+    if (m.company_specific and company not in companies) or any(row.get(k) in (None, "") for k in m.fo.key):
         return None
-    if m.fo.company_field not in m.fo.key:
+    if m.fo.company_field is not None and m.fo.company_field not in m.fo.key:
         row[m.fo.company_field] = company
     return ChangeEvent(
         op=Op.SNAPSHOT,
@@ -85,7 +98,14 @@ class EventTranslator:
     """Turns one data-event payload into a ChangeEvent (or None when it is not ours to sync)."""
 
     def __init__(self, maps: dict[str, TableMap], companies: list[str], integration_user_id: str | None) -> None:
-        self.by_event_entity = {m.fo.event_entity.lower(): m for m in maps.values()}
+        # Maps sharing an event entity share its entity set; the publisher splits them by filter.
+        self.by_event_entity: dict[str, TableMap] = {}
+        for m in maps.values():
+            first = self.by_event_entity.setdefault(m.fo.event_entity.lower(), m)
+            if first.fo.entity_set != m.fo.entity_set:
+                raise ConfigError(
+                    f"maps {first.name} and {m.name} use event entity {m.fo.event_entity} for different sets"
+                )
         self.fields = {m.name: schemas.record_fields("fo", m.fo.entity_set) for m in maps.values()}
         self.companies = set(companies)
         self.integration_user_id = (integration_user_id or "").lower() or None
@@ -127,11 +147,12 @@ class EventTranslator:
         else:
             attrs = _attributes(target)
         row = self._row(m, attrs)
-        company = str(row.get(m.fo.company_field) or "").lower()
-        if not company:
-            raise MalformedEvent(f"event for {m.fo.entity_set} has no {m.fo.company_field}")
-        if company not in self.companies:
-            return "filtered", None
+        company = fo_company(m, row)
+        if m.company_specific:
+            if not company:
+                raise MalformedEvent(f"event for {m.fo.entity_set} has no {m.fo.company_field}")
+            if company not in self.companies:
+                return "filtered", None
         missing = [k for k in m.fo.key if row.get(k) in (None, "")]
         if missing:
             raise MalformedEvent(f"event for {m.fo.entity_set} lacks key field(s) {', '.join(missing)}")
@@ -171,10 +192,10 @@ class FoProducer:
         try:
             for name in dependency_order(self.maps):
                 m = self.maps[name]
-                mark = f"fo|snapshot|{m.fo.entity_set}"
+                mark = f"fo|snapshot|{m.name}"
                 if self.checkpoints.get(mark) == "done":
                     continue
-                flt = " or ".join(f"{m.fo.company_field} eq '{c}'" for c in self.cfg.companies)
+                flt = source_filter(m, self.cfg.companies)
                 batch: list[ChangeEvent] = []
                 count = 0
                 for row in client.query(m.fo.entity_set, flt):

@@ -12,6 +12,7 @@ from dualwrite import kafka, metrics, registry
 from dualwrite.config import Config
 from dualwrite.envelope import ChangeEvent
 from dualwrite.errors import RetryableError
+from dualwrite.mapping import passes_filter
 from dualwrite.tablemap import TableMap
 
 
@@ -30,11 +31,15 @@ class Publisher:
         self.max_offsets: dict[tuple[str, int], int] = {}  # highest acknowledged offset per partition
         self.producer = kafka.producer(cfg.kafka)
         reg = registry.client(cfg.schema_registry)
-        self.topics: dict[str, str] = {}
+        # Usually one map per entity set; maps that share one (CustomersV3 -> accounts and contacts)
+        # each have their own topic, and a row goes to the maps whose source filter it passes.
+        self.routes: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self.serializers: dict[str, registry.EventSerializer] = {}
         for m in maps.values():
             entity_set = m.fo.entity_set if side == "fo" else m.dataverse.entity_set
-            self.topics[entity_set] = kafka.map_topics(cfg.kafka.topic_prefix, m)[side]
+            source_filter = m.fo.filter if side == "fo" else m.dataverse.filter
+            topic = kafka.map_topics(cfg.kafka.topic_prefix, m)[side]
+            self.routes.setdefault(entity_set, []).append((topic, source_filter))
             self.serializers[entity_set] = registry.EventSerializer(reg, side, entity_set)
         self._poller = threading.Thread(target=self._poll_forever, daemon=True, name=f"{side}-producer-poll")
         self._stopping = threading.Event()
@@ -47,10 +52,25 @@ class Publisher:
     def coerce(self, entity_set: str, row: dict[str, Any]) -> dict[str, Any]:
         return self.serializers[entity_set].coerce_row(row)
 
-    def _produce(self, event: ChangeEvent, on_delivery: Any) -> None:
-        topic = self.topics[event.entity]
-        value = self.serializers[event.entity](topic, event.to_avro())
-        self.producer.produce(topic, key=event.key.encode(), value=value, on_delivery=on_delivery, headers=self.headers)
+    def topics_for(self, event: ChangeEvent) -> list[str]:
+        """The topics an event goes to: its map's, or, for a shared entity set, those whose filter it passes.
+
+        A delete carries no row, so it goes to every map of the entity set (deleting a missing row is a no-op).
+        """
+        routes = self.routes[event.entity]
+        if len(routes) == 1 or event.after is None:
+            return [t for t, _ in routes]
+        passing = [t for t, flt in routes if passes_filter(flt, event.after)]
+        return passing or [routes[0][0]]  # the consumer counts it as filtered
+
+    def _produce(self, event: ChangeEvent, on_delivery: Any) -> int:
+        topics = self.topics_for(event)
+        for topic in topics:
+            value = self.serializers[event.entity](topic, event.to_avro())
+            self.producer.produce(
+                topic, key=event.key.encode(), value=value, on_delivery=on_delivery, headers=self.headers
+            )
+        return len(topics)
 
     def publish(self, events: list[ChangeEvent], timeout_s: float = 30.0) -> None:
         """Produce and block until all are acknowledged; RetryableError if any is not."""
@@ -67,9 +87,8 @@ class Publisher:
                 self.max_offsets[tp] = max(self.max_offsets.get(tp, -1), msg.offset() or 0)
             done.release()
 
-        for e in events:
-            self._produce(e, delivered)
-        for _ in events:
+        sent = sum(self._produce(e, delivered) for e in events)
+        for _ in range(sent):
             if not done.acquire(timeout=timeout_s):
                 raise RetryableError("broker did not acknowledge the change events in time")
         if failures:
@@ -83,9 +102,14 @@ class Publisher:
         loop = asyncio.get_running_loop()
         futures = []
         for e in events:
-            fut: asyncio.Future[None] = loop.create_future()
+            for _ in self.topics_for(e):
+                fut: asyncio.Future[None] = loop.create_future()
+                futures.append(fut)
+            mine = iter(futures[-len(self.topics_for(e)) :])
 
-            def delivered(err: KafkaError | None, msg: Message, fut: asyncio.Future[None] = fut) -> None:
+            def delivered(err: KafkaError | None, msg: Message, mine: Any = mine) -> None:
+                fut = next(mine)
+
                 def settle() -> None:
                     if fut.done():
                         return
@@ -97,7 +121,6 @@ class Publisher:
                 loop.call_soon_threadsafe(settle)
 
             self._produce(e, delivered)
-            futures.append(fut)
         try:
             await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
         except TimeoutError:

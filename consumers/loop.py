@@ -67,7 +67,8 @@ class ConsumerLoop:
         self.target = target
         self.deserialize = deserializer
         self.prefix = cfg.kafka.topic_prefix
-        self.routes = {kafka.map_topics(self.prefix, m)[towards.other.value]: m for m in maps.values()}
+        source = towards.other.value
+        self.routes = {kafka.map_topics(self.prefix, m)[source]: m for m in maps.values() if m.writes_to(towards.value)}
         self.consumer = kafka.consumer(
             cfg.kafka,
             group_id(self.prefix, towards),

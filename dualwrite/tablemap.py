@@ -138,10 +138,17 @@ class TableMap(_Strict):
             )
         if self.conflict.policy == "source-of-truth" and self.conflict.source_of_truth is None:
             raise ValueError("conflict.policy source-of-truth needs conflict.source_of_truth: fo or dataverse")
-        pairs = {(f.fo, f.dataverse) for f in self.fields if f.dir is Direction.BOTH}
+        if not self.writes_to("dataverse") and not self.writes_to("fo"):
+            raise ValueError("the map has no field to write")
+        two_way = self.writes_to("dataverse") and self.writes_to("fo")
+        pairs = {(f.fo, f.dataverse) for f in self.fields if f.dir is Direction.BOTH or not two_way}
         for fo_key, dv_key in zip(self.fo.key, self.dataverse.key, strict=False):
             if (fo_key, dv_key) not in pairs:
-                raise ValueError(f"key fields {fo_key} and {dv_key} must be mapped two-way (<->)")
+                how = "two-way (<->)" if two_way else "as a field pair"
+                raise ValueError(f"key fields {fo_key} and {dv_key} must be mapped {how}")
+        for side in ("fo", "dataverse"):
+            if self.initial_sync_master == side and not self.writes_to("dataverse" if side == "fo" else "fo"):
+                raise ValueError(f"initial_sync_master is {side}, but the map writes nothing from {side}")
         if len(self.fo.key) != len(self.dataverse.key):
             raise ValueError("fo.key and dataverse.key must have the same number of fields")
         return self
@@ -149,6 +156,10 @@ class TableMap(_Strict):
     @property
     def company_specific(self) -> bool:
         return self.fo.company_field is not None
+
+    def writes_to(self, side: str) -> bool:
+        """Whether any field pair carries values towards `side` (a one-way map writes one side only)."""
+        return any(f.dir.carries(side) for f in self.fields if (f.fo if side == "fo" else f.dataverse))
 
     def fields_towards(self, side: str) -> list[FieldMap]:
         return [f for f in self.fields if f.dir.carries(side)]

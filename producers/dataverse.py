@@ -41,7 +41,8 @@ class DataverseProducer:
     def __init__(self, cfg: Config, maps: dict[str, TableMap]) -> None:
         self.cfg = cfg
         self.maps = maps
-        self.order = dependency_order(maps)
+        # A one-way F&O -> Dataverse map has nothing to read here.
+        self.order = [n for n in dependency_order(maps) if maps[n].writes_to("fo")]
         self.client = DataverseClient(cfg.dataverse)
         self.lookups = LookupCache(self.client)
         self.publisher = Publisher(cfg, "dataverse", maps)

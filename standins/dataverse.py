@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from standins import seed
+from standins import areas, seed
 from standins.odata import (
     Column,
     ODataError,
@@ -146,7 +146,13 @@ ACCOUNTS = EntityDef(
     logical_name="account",
 )
 
-ENTITIES: tuple[EntityDef, ...] = (COMPANIES, TRANSACTION_CURRENCIES, CUSTOMER_GROUPS, ACCOUNTS)
+ENTITIES: tuple[EntityDef, ...] = (
+    COMPANIES,
+    TRANSACTION_CURRENCIES,
+    CUSTOMER_GROUPS,
+    ACCOUNTS,
+    *areas.dataverse_entities(),
+)
 
 
 class Settings(pydantic.BaseModel):

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from standins import seed
+from standins import areas, seed
 from standins.odata import (
     Column,
     ODataError,
@@ -138,7 +138,7 @@ CUSTOMERS_V3 = EntityDef(
     type_name="CustomerV3",
 )
 
-ENTITIES: tuple[EntityDef, ...] = (LEGAL_ENTITIES, CUSTOMER_GROUPS, CUSTOMERS_V3)
+ENTITIES: tuple[EntityDef, ...] = (LEGAL_ENTITIES, CUSTOMER_GROUPS, CUSTOMERS_V3, *areas.fo_entities())
 
 
 class Settings(pydantic.BaseModel):
@@ -596,7 +596,7 @@ class FinOps:
         if entity.company_field and self.store.get(LEGAL_ENTITIES, {"LegalEntityId": company}) is None:
             raise WriteError(entity, f"Company '{company}' does not exist.")
         for f in entity.fields:
-            if f.target is None or values.get(f.name) is None:
+            if f.target is None or values.get(f.name) in (None, ""):
                 continue
             target = self.store.entity(f.target)
             assert target is not None

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from standins import areas
 from standins.store import SYSTEM_USER, EntityDef, Field, Store
 
 SEED_TIME = "2026-01-05T08:00:00Z"
@@ -185,6 +186,10 @@ def seed_fo(store: Store, empty_value: Callable[[Field], Any] = lambda f: None) 
             for n in range(1, 26):
                 values = _customer(company, n)
                 insert(customers, values, company, values["CustomerAccount"])
+        for entity_set, values in areas.fo_seed():
+            entity = store.entity(entity_set)
+            assert entity is not None, entity_set
+            insert(entity, values, *(str(values[k]) for k in entity.key))
 
 
 def seed_dataverse(store: Store) -> None:
@@ -201,4 +206,11 @@ def seed_dataverse(store: Store) -> None:
                 SYSTEM_USER,
                 seed_id(currencies.name, code),
                 now=SEED_TIME,
+            )
+        for entity_set, values in areas.dataverse_seed():
+            entity = store.entity(entity_set)
+            assert entity is not None, entity_set
+            key = entity.alternate_keys[0] if entity.alternate_keys else entity.key
+            store.insert(
+                entity, values, SYSTEM_USER, seed_id(entity.name, *(str(values[k]) for k in key)), now=SEED_TIME
             )

@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -142,7 +143,9 @@ def build_batch(parts: list[BatchPart], base_path: str, atomic_each: bool) -> tu
 
 def _http_part(part: BatchPart, base_path: str, content_id: int) -> str:
     head = ["Content-Type: application/http", "Content-Transfer-Encoding: binary", f"Content-ID: {content_id}", ""]
-    req = [f"{part.method} {base_path.rstrip('/')}/{part.url.lstrip('/')} HTTP/1.1"]
+    # The request line is space-separated: key values (e.g. 'Cost centers') must be percent-encoded.
+    url = quote(part.url.lstrip("/"), safe="/()=',$:@!*+;&?-._~%")
+    req = [f"{part.method} {base_path.rstrip('/')}/{url} HTTP/1.1"]
     headers = dict(part.headers)
     payload = ""
     if part.body is not None:

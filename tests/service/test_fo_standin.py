@@ -147,10 +147,10 @@ def test_missing_or_bad_token_gets_401_with_odata_error(fo: httpx.Client) -> Non
 
 def test_reads_are_for_the_default_company_unless_cross_company(fo: httpx.Client) -> None:
     usmf = fo.get("/data/CustomersV3").json()
-    assert len(usmf["value"]) == 25 and {c["dataAreaId"] for c in usmf["value"]} == {"usmf"}
+    assert len(usmf["value"]) == 30 and {c["dataAreaId"] for c in usmf["value"]} == {"usmf"}
     assert usmf["@odata.context"].endswith("/data/$metadata#CustomersV3")
     both = fo.get("/data/CustomersV3", params={"cross-company": "true", "$count": "true"}).json()
-    assert both["@odata.count"] == 50 and {c["dataAreaId"] for c in both["value"]} == {"usmf", "demf"}
+    assert both["@odata.count"] == 60 and {c["dataAreaId"] for c in both["value"]} == {"usmf", "demf"}
     groups = fo.get("/data/CustomerGroups", params={"cross-company": "true"}).json()["value"]
     assert (
         len(groups) == 10
@@ -246,7 +246,7 @@ def test_server_driven_paging_follows_next_links(start: Callable[..., httpx.Clie
         seen += [f"{c['dataAreaId']}/{c['CustomerAccount']}" for c in page["value"]]
         url = page.get("@odata.nextLink")
         assert url is None or url.startswith("http://")
-    assert len(seen) == 50 and len(set(seen)) == 50
+    assert len(seen) == 60 and len(set(seen)) == 60
 
 
 # -- writes and events -------------------------------------------------------------------------------------

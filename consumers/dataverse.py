@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from datetime import UTC, datetime
 from typing import Any
 
-from consumers.target import APPLIED, Ident, ODataTarget, Result, from_error
+from consumers.target import APPLIED, Ident, ODataTarget, Result, from_error, parse_time
 from dualwrite import odata
 from dualwrite.dataverse import COMPANY_LOOKUP, DataverseClient, LookupCache
+from dualwrite.envelope import ChangeEvent, Op, Origin, Side, record_key
 from dualwrite.errors import MissingReferenceError
 from dualwrite.mapping import LookupRef, TargetWrite, changed_fields
 from dualwrite.tablemap import TableMap
+from producers.dataverse import resolve_lookups, row_company, source_row
 
 _CHUNK = 40
 
@@ -19,10 +22,19 @@ _CHUNK = 40
 class DataverseTarget(ODataTarget):
     system = "Dataverse"
 
-    def __init__(self, client: DataverseClient, maps: dict[str, TableMap], lookups: LookupCache) -> None:
-        super().__init__(maps)
+    def __init__(
+        self,
+        client: DataverseClient,
+        maps: dict[str, TableMap],
+        lookups: LookupCache,
+        integration_user_id: str | None = None,
+    ) -> None:
+        super().__init__(maps, integration_user_id)
         self.client = client
         self.lookups = lookups
+
+    def modified(self, m: TableMap, row: dict[str, Any]) -> tuple[datetime | None, str | None]:
+        return parse_time(row.get("modifiedon")), row.get("_modifiedby_value")
 
     def close(self) -> None:
         self.client.close()
@@ -36,6 +48,23 @@ class DataverseTarget(ODataTarget):
             raise MissingReferenceError(f"company {company!r} is not in cdm_companies yet")
         return guid
 
+    def kept_event(self, m: TableMap, row: dict[str, Any], fields: list[str]) -> ChangeEvent | None:
+        when, who = self.modified(m, row)
+        after = source_row(fields, row, resolve_lookups(self.lookups, m, [row]))
+        company = row_company(m, after)
+        if (m.company_specific and not company) or any(after.get(k) in (None, "") for k in m.dataverse.key):
+            return None
+        return ChangeEvent(
+            op=Op.UPDATE,
+            entity=m.dataverse.entity_set,
+            company=company,
+            key=record_key(company, [after[k] for k in m.dataverse.key]),
+            source_time=when or datetime.now(UTC),
+            source_version=row.get("@odata.etag"),
+            origin=Origin(Side.DATAVERSE, False, who),
+            after=after,
+        )
+
     def current_rows(self, m: TableMap, writes: list[TargetWrite]) -> dict[Ident, dict[str, Any]]:
         """The target rows the writes address, by (company, lower-cased key)."""
         dv = m.dataverse
@@ -43,7 +72,12 @@ class DataverseTarget(ODataTarget):
         if dv.company_lookup is not None:
             lookups.add(dv.company_lookup)
         plain = {f.dataverse for f in m.fields if f.dataverse and f.lookup is None}
-        select = [dv.primary_key, *sorted(plain | {f"_{nav}_value" for nav in lookups})]
+        select = [
+            dv.primary_key,
+            *sorted(plain | {f"_{nav}_value" for nav in lookups}),
+            "modifiedon",
+            "_modifiedby_value",
+        ]
         found: dict[Ident, dict[str, Any]] = {}
         by_company: dict[str, list[TargetWrite]] = defaultdict(list)
         for w in writes:

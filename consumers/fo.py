@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from consumers.target import Ident, ODataTarget
+from consumers.target import Ident, ODataTarget, parse_time
 from dualwrite import odata
+from dualwrite.envelope import ChangeEvent, Op, Origin, Side, record_key
 from dualwrite.errors import MissingReferenceError
 from dualwrite.fo import FoClient
 from dualwrite.mapping import TargetWrite, changed_fields
 from dualwrite.tablemap import TableMap
+from producers.fo import fo_company
 
 _CHUNK = 25
 
@@ -17,8 +20,8 @@ _CHUNK = 25
 class FoTarget(ODataTarget):
     system = "F&O"
 
-    def __init__(self, client: FoClient, maps: dict[str, TableMap]) -> None:
-        super().__init__(maps)
+    def __init__(self, client: FoClient, maps: dict[str, TableMap], integration_user_id: str | None = None) -> None:
+        super().__init__(maps, integration_user_id)
         self.client = client
         self._known_refs: set[tuple[str, str, str]] = set()
 
@@ -34,11 +37,32 @@ class FoTarget(ODataTarget):
             key = {m.fo.company_field: w.company, **key}
         return key
 
+    def modified(self, m: TableMap, row: dict[str, Any]) -> tuple[datetime | None, str | None]:
+        """From the entity's modified-time and modified-by fields, when the map names them."""
+        if m.fo.modified_on is None or m.fo.modified_by is None:
+            return None, None
+        return parse_time(row.get(m.fo.modified_on)), row.get(m.fo.modified_by)
+
+    def kept_event(self, m: TableMap, row: dict[str, Any], fields: list[str]) -> ChangeEvent | None:
+        when, who = self.modified(m, row)
+        company = fo_company(m, row)
+        if any(row.get(k) in (None, "") for k in m.fo.key):
+            return None
+        return ChangeEvent(
+            op=Op.UPDATE,
+            entity=m.fo.entity_set,
+            company=company,
+            key=record_key(company, [row[k] for k in m.fo.key]),
+            source_time=when or datetime.now(UTC),
+            source_version=row.get("@odata.etag"),
+            origin=Origin(Side.FO, False, who),
+            after={name: row.get(name) for name in fields},
+        )
+
     def current_rows(self, m: TableMap, writes: list[TargetWrite]) -> dict[Ident, dict[str, Any]]:
         fo = m.fo
-        select = sorted(
-            {f.fo for f in m.fields if f.fo} | {*fo.key} | ({fo.company_field} if fo.company_field else set())
-        )
+        extra = {c for c in (fo.company_field, fo.modified_on, fo.modified_by) if c}
+        select = sorted({f.fo for f in m.fields if f.fo} | {*fo.key} | extra)
         found: dict[Ident, dict[str, Any]] = {}
         for start in range(0, len(writes), _CHUNK):
             chunk = writes[start : start + _CHUNK]

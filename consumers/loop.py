@@ -13,11 +13,12 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
+import schemas
 from consumers.target import Outcome, Result, Target
 from dualwrite import dlq, kafka, metrics
 from dualwrite.config import Config
@@ -28,6 +29,7 @@ from dualwrite.mapping import TargetWrite, map_event
 from dualwrite.registry import EventDeserializer
 from dualwrite.status import StatusPublisher
 from dualwrite.tablemap import TableMap
+from producers.publish import Publisher
 
 log = logging.getLogger("dualwrite.consumer")
 
@@ -80,6 +82,8 @@ class ConsumerLoop:
             },
         )
         self.producer = kafka.producer(cfg.kafka, linger_ms=0)
+        self._kept_publisher: Publisher | None = None
+        self._kept_backlog: list[ChangeEvent] = []
         self.status = StatusPublisher(cfg.kafka, f"consumer.{towards.value}", list(maps), self.direction)
         self._stop = threading.Event()
         self._blocked: dict[tuple[str, int], float] = {}  # partition -> resume time
@@ -112,6 +116,8 @@ class ConsumerLoop:
             self.status.tick(force=True)
             self.consumer.close()
             self.producer.flush(10)
+            if self._kept_publisher is not None:
+                self._kept_publisher.close()
             self.target.close()
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -216,6 +222,7 @@ class ConsumerLoop:
         except DualWriteError as exc:  # a target that raises instead of answering per record
             results = [Result(Outcome.RETRY if isinstance(exc, RetryableError) else Outcome.FAILED, exc)] * len(order)
         metrics.APPLY_SECONDS.labels(self.direction).observe(time.monotonic() - started)
+        self._send_kept()
         by_identity = {(items[i].map_name, items[i].write.identity): r for i, r in zip(order, results, strict=True)}  # type: ignore[union-attr]
         now = time.time()
         for it in items:
@@ -226,6 +233,28 @@ class ConsumerLoop:
                         max(0.0, now - it.event.source_time.timestamp())
                     )
 
+    def _send_kept(self) -> None:
+        """Send the target rows that won a conflict back out as changes of the target side, so the
+        other side ends with the winning value even when the winner's own event was applied before
+        (source-of-truth window, ties)."""
+        side = self.towards.value
+        events = self._kept_backlog + self.target.take_kept(
+            lambda m: list(schemas.record_fields(side, m.fo.entity_set if side == "fo" else m.dataverse.entity_set))
+        )
+        self._kept_backlog = []
+        if not events:
+            return
+        if self._kept_publisher is None:
+            self._kept_publisher = Publisher(self.cfg, side, self.maps)
+        pub = self._kept_publisher
+        try:
+            pub.publish([replace(e, after=pub.coerce(e.entity, e.after or {})) for e in events])
+        except DualWriteError as exc:
+            log.warning("could not send %d conflict-winning row(s) yet, retrying next batch: %s", len(events), exc)
+            self._kept_backlog.extend(events)
+            return
+        log.info("sent %d conflict-winning row(s) of %s back out", len(events), side)
+
     def _settle(self, items: list[_Item]) -> None:
         commit: dict[tuple[str, int], int] = {}
         dead = 0
@@ -235,7 +264,7 @@ class ConsumerLoop:
             offset = msg.offset() or 0
             result = it.result or FILTERED
             if tp in self._blocked:
-                if result.outcome in (Outcome.APPLIED, Outcome.SKIPPED_EQUAL):
+                if result.outcome in (Outcome.APPLIED, Outcome.SKIPPED_EQUAL, Outcome.SKIPPED_CONFLICT):
                     self._count(it, result)
                     self._done_ahead.setdefault(tp, set()).add(offset)
                 elif result.outcome is Outcome.FAILED:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
 from dualwrite import odata
+from dualwrite.envelope import ChangeEvent
 from dualwrite.errors import DualWriteError, PermanentError, RetryableError, TargetRejectedError
-from dualwrite.mapping import TargetWrite
+from dualwrite.mapping import TargetWrite, may_overwrite
 from dualwrite.tablemap import TableMap
 
 log = logging.getLogger("dualwrite.consumer.target")
@@ -20,6 +23,7 @@ log = logging.getLogger("dualwrite.consumer.target")
 class Outcome(StrEnum):
     APPLIED = "applied"
     SKIPPED_EQUAL = "skipped_equal"
+    SKIPPED_CONFLICT = "skipped_conflict"  # the target holds a newer (or winning) change of its own
     RETRY = "retry"
     FAILED = "failed"
 
@@ -32,6 +36,18 @@ class Result:
 
 APPLIED = Result(Outcome.APPLIED)
 SKIPPED = Result(Outcome.SKIPPED_EQUAL)
+LOST_CONFLICT = Result(Outcome.SKIPPED_CONFLICT)
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An OData datetime (ISO 8601, 'Z' allowed); None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def from_error(error: DualWriteError) -> Result:
@@ -45,6 +61,10 @@ def from_error(error: DualWriteError) -> Result:
 class Target(Protocol):
     def apply_batch(self, writes: list[TargetWrite]) -> list[Result]:
         """Apply writes (at most one per record identity); one Result per write, in order."""
+        ...
+
+    def take_kept(self, fields_of: Callable[[TableMap], list[str]]) -> list[ChangeEvent]:
+        """Rows of this side that won a conflict, as change events to send out."""
         ...
 
     def close(self) -> None: ...
@@ -65,8 +85,51 @@ class ODataTarget(ABC):
 
     system = "target"
 
-    def __init__(self, maps: dict[str, TableMap]) -> None:
+    def __init__(self, maps: dict[str, TableMap], integration_user_id: str | None = None) -> None:
         self.maps = maps
+        self.integration_user_id = (integration_user_id or "").lower() or None
+        # Rows that kept their value in a conflict, to be sent back out to the other side.
+        self.kept: list[tuple[TableMap, dict[str, Any]]] = []
+
+    def modified(self, m: TableMap, row: dict[str, Any]) -> tuple[datetime | None, str | None]:
+        """When and by whom the target row was last changed (None, None when the side does not say)."""
+        return None, None
+
+    def kept_event(self, m: TableMap, row: dict[str, Any], fields: list[str]) -> ChangeEvent | None:
+        """A change event of this side carrying a row that won a conflict, so the other side gets it too."""
+        return None
+
+    def take_kept(self, fields_of: Callable[[TableMap], list[str]]) -> list[ChangeEvent]:
+        """The kept rows of the last batches as change events of this side (and forget them)."""
+        kept, self.kept = self.kept, []
+        events = [self.kept_event(m, row, fields_of(m)) for m, row in kept]
+        return [e for e in events if e is not None]
+
+    def person_change(self, m: TableMap, row: dict[str, Any]) -> datetime | None:
+        """When a person last changed the row; None when dualwrite wrote it last (or it cannot be told)."""
+        when, who = self.modified(m, row)
+        if who is None or (self.integration_user_id is not None and who.lower() == self.integration_user_id):
+            return None
+        return when
+
+    def _lost(self, m: TableMap, w: TargetWrite, row: dict[str, Any]) -> bool:
+        """Whether the target's own change wins over this write (then the write is skipped)."""
+        changed = self.person_change(m, row)
+        if may_overwrite(m.conflict, w.towards, w.source_time, changed):
+            return False
+        log.info(
+            "conflict on %s %s: the %s row changed at %s wins over the change of %s",
+            m.name,
+            w.key,
+            w.towards.value,
+            changed,
+            w.source_time,
+        )
+        # The target's row is sent back out as a change of its own side. Usually its own change event
+        # is on the way anyway; but within the truth window, or on a tie (both systems keep whole
+        # seconds), the winning row may have no event of its own left, and the other side must get it.
+        self.kept.append((m, row))
+        return True
 
     @abstractmethod
     def current_rows(self, m: TableMap, writes: list[TargetWrite]) -> dict[Ident, dict[str, Any]]:
@@ -101,10 +164,14 @@ class ODataTarget(ABC):
                     results[i] = from_error(exc)
                 continue
             for i in idxs:
+                row = current.get(ident(writes[i]))
                 try:
-                    part = self.plan(m, writes[i], current.get(ident(writes[i])))
+                    part = self.plan(m, writes[i], row)
                 except DualWriteError as exc:
                     results[i] = from_error(exc)
+                    continue
+                if part is not None and row is not None and self._lost(m, writes[i], row):
+                    results[i] = LOST_CONFLICT
                     continue
                 if part is not None:
                     log.debug("%s %s %s %s", self.system, part.method, part.url, sorted((part.body or {}).keys()))

@@ -124,9 +124,9 @@ class ConsumerComponent:
         target: Target
         if towards is Side.DATAVERSE:
             client = DataverseClient(cfg.dataverse)
-            target = DataverseTarget(client, maps, LookupCache(client))
+            target = DataverseTarget(client, maps, LookupCache(client), cfg.dataverse.integration_user_id)
         else:
-            target = FoTarget(FoClient(cfg.fo), maps)
+            target = FoTarget(FoClient(cfg.fo), maps, cfg.fo.integration_user_id)
         deserializer = registry.EventDeserializer(registry.client(cfg.schema_registry))
         self.loop = ConsumerLoop(cfg, maps, towards, target, deserializer)
         self.ops = OpsServer(cfg.ops.host, cfg.ops.port, self.ready, self.alive)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from dualwrite.envelope import ChangeEvent, Op, Side
 from dualwrite.errors import MappingError
-from dualwrite.tablemap import FieldMap, TableMap
+from dualwrite.tablemap import Conflict, FieldMap, TableMap
 
 COMPANY_TABLE = "cdm_companies"
 COMPANY_KEY = "cdm_companycode"
@@ -37,6 +39,8 @@ class TargetWrite:
     lookups: dict[str, LookupRef | None] = field(default_factory=dict)
     # One-sided constants of the map: set when the target row is created, never overwritten after.
     defaults: dict[str, Any] = field(default_factory=dict)
+    # When the source changed the record (for conflicts with a change made on the target meanwhile).
+    source_time: datetime | None = None
 
     @property
     def identity(self) -> tuple[str, tuple[Any, ...]]:
@@ -58,6 +62,32 @@ def passes_filter(filter_: dict[str, Any], row: dict[str, Any]) -> bool:
 
 def map_event(table_map: TableMap, event: ChangeEvent) -> TargetWrite | None:
     """Translate `event` for the other side; None when the source filter leaves the row out."""
+    write = _map_event(table_map, event)
+    return None if write is None else replace(write, source_time=event.source_time)
+
+
+def may_overwrite(
+    conflict: Conflict, towards: Side, event_time: datetime | None, target_changed: datetime | None
+) -> bool:
+    """Whether a change made at `event_time` on the other side may overwrite the target row, which a
+    person (not dualwrite) last changed at `target_changed` (None: no such change to protect).
+
+    An older event never overwrites a newer value: under last-writer-wins the later change wins (F&O
+    on a tie). Under source-of-truth the truth side also wins over a change the other side made up
+    to `window_s` later, and the other side yields to a truth change made up to `window_s` earlier.
+    """
+    if target_changed is None or event_time is None:
+        return True
+    source = towards.other
+    if conflict.policy == "last-writer-wins" or conflict.source_of_truth is None:
+        return event_time > target_changed or (event_time == target_changed and source is Side.FO)
+    window = timedelta(seconds=conflict.window_s)
+    if source.value == conflict.source_of_truth:
+        return target_changed <= event_time + window
+    return target_changed < event_time - window
+
+
+def _map_event(table_map: TableMap, event: ChangeEvent) -> TargetWrite | None:
     towards = source_side(event).other
     if towards is Side.DATAVERSE:
         target_keys, source_filter = table_map.dataverse.key, table_map.fo.filter
@@ -161,8 +191,23 @@ def normalize(value: Any) -> Any:
     return value
 
 
+_ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?$")
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    """An ISO 8601 date-time string as a datetime (UTC when no offset); None for anything else."""
+    if not isinstance(value, str) or not _ISO_DATETIME.match(value):
+        return None
+    t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
 def _same(a: Any, b: Any) -> bool:
     na, nb = normalize(a), normalize(b)
+    if isinstance(na, str) and isinstance(nb, str) and na != nb:
+        ta, tb = _as_datetime(na), _as_datetime(nb)  # '...Z' and '...+00:00' are the same instant
+        if ta is not None and tb is not None:
+            return ta == tb
     if isinstance(na, str) and isinstance(nb, Decimal | bool) or isinstance(nb, str) and isinstance(na, Decimal):
         return str(na) == str(nb)
     return bool(na == nb)

@@ -93,6 +93,10 @@ class FoSide(_Strict):
         default="dataAreaId", description="The legal-entity field; null for a global (shared) entity."
     )
     filter: dict[str, Any] = Field(default_factory=dict)
+    modified_on: str | None = Field(
+        default=None, description="Field holding the row's last change time (for conflicts towards F&O)."
+    )
+    modified_by: str | None = Field(default=None, description="Field holding the user who last changed the row.")
     topic: str | None = Field(
         default=None, description="Topic name suffix when two maps read the same entity set (split by filter)."
     )
@@ -115,8 +119,27 @@ class DataverseSide(_Strict):
 
 
 class Conflict(_Strict):
+    """What wins when both sides changed a record before either change was applied.
+
+    `last-writer-wins` compares the source change times. `source-of-truth` lets one side win over a
+    change the other side made within `window_s` of it (concurrent edits); outside the window the
+    later change wins as usual. Written `conflict: last-writer-wins` or
+    `conflict: {source-of-truth: fo}` (the long form `{policy: ..., source_of_truth: ...}` works too).
+    """
+
     policy: Literal["last-writer-wins", "source-of-truth"] = "last-writer-wins"
     source_of_truth: Literal["fo", "dataverse"] | None = None
+    window_s: float = Field(default=300.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return {"policy": v}
+        if isinstance(v, dict) and "source-of-truth" in v:
+            rest = {k: x for k, x in v.items() if k != "source-of-truth"}
+            return {"policy": "source-of-truth", "source_of_truth": v["source-of-truth"], **rest}
+        return v
 
 
 class TableMap(_Strict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -134,10 +135,10 @@ class DataverseProducer:
         dv = m.dataverse
         index: dict[str, str | None] = {}
         events: list[ChangeEvent] = []
-        resolved = self._resolve_lookups(m, rows)
+        resolved = resolve_lookups(self.lookups, m, rows)
         for row in rows:
-            after = self._row(m, row, resolved)
-            company = str(after.get(dv.company_lookup or dv.company_field or "") or "").lower()
+            after = source_row(self.fields[m.name], row, resolved)
+            company = row_company(m, after)
             if (m.company_specific and not company) or any(after.get(k) in (None, "") for k in dv.key):
                 metrics.PRODUCED.labels("dataverse", dv.entity_set, "filtered").inc()
                 continue
@@ -175,27 +176,35 @@ class DataverseProducer:
             )
         return events, index
 
-    def _resolve_lookups(self, m: TableMap, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """GUID -> alternate-key value for every lookup column (and the company) in these rows."""
-        out: dict[str, dict[str, Any]] = {}
-        columns: list[tuple[str, str, str]] = []
-        if m.dataverse.company_lookup:
-            columns.append((m.dataverse.company_lookup, COMPANY_SET, COMPANY_CODE))
-        for f in m.fields:
-            if f.lookup is not None and f.dataverse:
-                columns.append((f.dataverse, f.lookup.entity_set, f.lookup.key))
-        for column, entity_set, key_field in columns:
-            ids = sorted({str(r[f"_{column}_value"]) for r in rows if r.get(f"_{column}_value")})
-            found = self.lookups.keys_of(entity_set, key_field, ids, company_scoped=False) if ids else {}
-            out[column] = {guid: value for guid, (value, _) in found.items()}
-        return out
 
-    def _row(self, m: TableMap, row: dict[str, Any], resolved: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        after: dict[str, Any] = {}
-        for name in self.fields[m.name]:
-            if name in resolved:
-                guid = row.get(f"_{name}_value")
-                after[name] = resolved[name].get(str(guid)) if guid else None
-            else:
-                after[name] = row.get(name)
-        return after
+def resolve_lookups(cache: LookupCache, m: TableMap, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """GUID -> alternate-key value for every lookup column (and the company) in these rows."""
+    out: dict[str, dict[str, Any]] = {}
+    columns: list[tuple[str, str, str]] = []
+    if m.dataverse.company_lookup:
+        columns.append((m.dataverse.company_lookup, COMPANY_SET, COMPANY_CODE))
+    for f in m.fields:
+        if f.lookup is not None and f.dataverse:
+            columns.append((f.dataverse, f.lookup.entity_set, f.lookup.key))
+    for column, entity_set, key_field in columns:
+        ids = sorted({str(r[f"_{column}_value"]) for r in rows if r.get(f"_{column}_value")})
+        found = cache.keys_of(entity_set, key_field, ids, company_scoped=False) if ids else {}
+        out[column] = {guid: value for guid, (value, _) in found.items()}
+    return out
+
+
+def source_row(fields: Iterable[str], row: dict[str, Any], resolved: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The event row of a Dataverse row: the schema's fields, lookups as the related rows' keys."""
+    after: dict[str, Any] = {}
+    for name in fields:
+        if name in resolved:
+            guid = row.get(f"_{name}_value")
+            after[name] = resolved[name].get(str(guid)) if guid else None
+        else:
+            after[name] = row.get(name)
+    return after
+
+
+def row_company(m: TableMap, after: dict[str, Any]) -> str:
+    dv = m.dataverse
+    return str(after.get(dv.company_lookup or dv.company_field or "") or "").lower()

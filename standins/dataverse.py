@@ -75,6 +75,8 @@ TRANSACTION_CURRENCIES = EntityDef(
         Field("isocurrencycode", max_length=5, required=True),
         Field("currencyname", max_length=100, required=True),
         Field("currencysymbol", max_length=10),
+        Field("exchangerate", "decimal"),  # to the org's base currency; dual-write creates with 1
+        Field("currencyprecision", "int"),
         STATECODE,
     ),
     alternate_keys=(("isocurrencycode",),),

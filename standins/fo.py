@@ -149,6 +149,13 @@ CUSTOMERS_V3 = EntityDef(
     type_name="CustomerV3",
 )
 
+# The root table's system fields, exposed on every entity here. Standard F&O entities often do not
+# expose them; an entity extension adds them (the maps name them as fo.modified_on / fo.modified_by).
+SYSTEM_FIELDS = {
+    "ModifiedDateTime": Column("ModifiedDateTime", '"__modified_on"', "datetime"),
+    "ModifiedBy": Column("ModifiedBy", '"__modified_by"', "string"),
+}
+
 ENTITIES: tuple[EntityDef, ...] = (LEGAL_ENTITIES, CUSTOMER_GROUPS, CUSTOMERS_V3, *areas.fo_entities())
 
 
@@ -530,6 +537,8 @@ class FinOps:
     # helpers -------------------------------------------------------------------------------
     def resolver(self, entity: EntityDef) -> Any:
         def resolve(name: str) -> Column:
+            if name in SYSTEM_FIELDS:
+                return SYSTEM_FIELDS[name]
             f = entity.field(name)
             if f is None or f.name != name:
                 raise QueryError(
@@ -574,6 +583,10 @@ class FinOps:
         for f in entity.fields:
             if select is None or f.name in select:
                 out[f.name] = to_json(f, row.values[f.name])
+        if select is None or "ModifiedDateTime" in select:
+            out["ModifiedDateTime"] = row.modified_on
+        if select is None or "ModifiedBy" in select:
+            out["ModifiedBy"] = row.modified_by
         return out
 
     def select_of(self, req: ODataRequest, entity: EntityDef) -> list[str] | None:

@@ -128,7 +128,7 @@ def status(config_path: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    header = f"{'map':<18}{'direction':<22}{'state':<10}{'lag':>8}{'applied':>10}{'skipped':>10}{'dlq':>8}"
+    header = f"{'map':<26}{'direction':<22}{'state':<10}{'lag':>8}{'applied':>10}{'skipped':>10}{'dlq':>8}"
     click.echo(header)
     for r in rows:
         note = f"  refers to paused: {', '.join(r['waits_on'])}" if r["waits_on"] else ""
@@ -280,10 +280,10 @@ def sync_initial(names: tuple[str, ...], config_path: Path | None, restart: bool
             click.echo(("\r" + line) if tty else line, nl=not tty)
 
     results = sync.run(list(names) or None, show)
-    click.echo(f"{'map':<18}{'rows':>10}{'resumed at':>12}{'dead-lettered':>15}{'seconds':>10}{'rows/s':>10}")
+    click.echo(f"{'map':<26}{'rows':>10}{'resumed at':>12}{'dead-lettered':>15}{'seconds':>10}{'rows/s':>10}")
     for p in results:
         secs = (p.finished or _time.monotonic()) - p.started
-        click.echo(f"{p.name:<18}{p.done:>10,}{p.resumed_at:>12,}{p.dead_lettered:>15,}{secs:>10.1f}{p.rate:>10,.0f}")
+        click.echo(f"{p.name:<26}{p.done:>10,}{p.resumed_at:>12,}{p.dead_lettered:>15,}{secs:>10.1f}{p.rate:>10,.0f}")
 
 
 @cli.command("maps")

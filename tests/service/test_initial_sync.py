@@ -47,15 +47,23 @@ def test_initial_sync_copies_in_dependency_order_and_counts_dead_letters(stack: 
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    assert "order: companies -> customer-groups -> customers" in out.stdout
-    summary = {line.split()[0]: line.split() for line in out.stdout.splitlines()[-3:]}
+    order = out.stdout.splitlines()[0].split("order: ", 1)[1].split(" -> ")
+    assert sorted(order) == sorted(stack.maps)
+    # Every map runs after every map whose rows it refers to (and after companies when company-specific).
+    for name, m in stack.maps.items():
+        after = m.depends_on() | ({"companies"} if m.dataverse.company_lookup else set())
+        assert all(order.index(d) < order.index(name) for d in after if d != name), (name, order)
+    summary = {
+        line.split()[0]: line.split() for line in out.stdout.splitlines() if line.split()[:1] in [[n] for n in order]
+    }
     assert summary["companies"][1] == "2" and summary["customer-groups"][1] == "10"
     assert summary["customers"][1] == "50" and summary["customers"][3] == "1"  # 50 sent, 1 dead-lettered
+    assert summary["contacts"][1] == "10" and summary["contacts"][3] == "0"  # the person customers
     accounts = _accounts(stack)
     assert len(accounts) == 49 and "US-007" not in accounts
 
 
-def test_crashed_initial_sync_resumes_without_copying_twice(stack: LocalStack) -> None:
+def test_crashed_initial_sync_of_every_area_resumes_without_copying_twice(stack: LocalStack) -> None:
     seen: list[MapProgress] = []
 
     class Crash(Exception):
@@ -70,11 +78,50 @@ def test_crashed_initial_sync_resumes_without_copying_twice(stack: LocalStack) -
     with pytest.raises(Crash):
         first.run(None, crash_midway)
     eventually(lambda: len(_accounts(stack)) >= 20, what="the first 20 customers")
+    before_crash = {p.name for p in seen}
+    assert "customers" in before_crash and "released-products" not in before_crash
 
     resumed = InitialSync(stack.config, stack.maps, page=10)
     assert resumed.run_id == first.run_id  # the unfinished run is picked up
     results = {p.name: p for p in resumed.run(None, lambda p: None)}
+    assert set(results) == set(stack.maps)
     assert results["customers"].resumed_at == 20 and results["customers"].done == 50
+    assert results["companies"].resumed_at == results["companies"].done == 2  # finished before the crash
     eventually(lambda: len(_accounts(stack)) == 50, what="every customer")
-    # Each row was written once although the crashed page was sent again: 2 companies + 10 groups + 50 customers.
-    assert stack.writes_by("dataverse", "dualwrite") == 62
+
+    # Every area's seeded rows are in Dataverse.
+    dv = stack.user_client("dataverse")
+    expected = {
+        "cdm_companies": 2,
+        "msdyn_customergroups": 10,
+        "accounts": 50,
+        "contacts": 10,
+        "msdyn_paymentterms": 10,
+        "msdyn_vendorgroups": 6,
+        "msdyn_vendors": 20,
+        "msdyn_customerpaymentmethods": 6,
+        "msdyn_vendorpaymentmethods": 4,
+        "transactioncurrencies": 7,
+        "msdyn_exchangeratetypes": 3,
+        "msdyn_currencyexchangerates": 6,
+        "msdyn_internalorganizations": 9,
+        "msdyn_internalorganizationhierarchytypes": 3,
+        "msdyn_internalorganizationhierarchypurposes": 6,
+        "msdyn_internalorganizationhierarchies": 7,
+        "uoms": 8,
+        "msdyn_productcolors": 4,
+        "msdyn_productsizes": 4,
+        "msdyn_productstyles": 3,
+        "msdyn_productconfigurations": 2,
+        "msdyn_productdimensiongroups": 2,
+        "products": 20,
+        "msdyn_sharedproductdetails": 20,
+    }
+    for entity_set, n in expected.items():
+        rows = dv.get(entity_set, params={"$count": "true", "$top": "0"}).json()
+        assert rows["@odata.count"] == n, entity_set
+    # Each row was written once although the crashed page was sent again. The 5 currencies Dataverse
+    # already had with the same values need no write at all.
+    copied = sum(p.done for p in results.values())
+    assert copied == sum(expected.values())
+    assert stack.writes_by("dataverse", "dualwrite") == copied - 5

@@ -60,13 +60,20 @@ class DataverseClient:
         return str(self._get(f"{self.base}/WhoAmI", "Dataverse WhoAmI")["UserId"])
 
     def query(
-        self, entity_set: str, filter: str | None = None, select: list[str] | None = None, page_size: int = 5000
+        self,
+        entity_set: str,
+        filter: str | None = None,
+        select: list[str] | None = None,
+        page_size: int = 5000,
+        orderby: list[str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         params: dict[str, str] = {}
         if filter:
             params["$filter"] = filter
         if select:
             params["$select"] = ",".join(select)
+        if orderby:
+            params["$orderby"] = ",".join(orderby)
         url: str | None = f"{self.base}/{entity_set}"
         first = True
         while url:
@@ -75,6 +82,15 @@ class DataverseClient:
             )
             yield from body.get("value", [])
             url, first = body.get("@odata.nextLink"), False
+
+    def count(self, entity_set: str, filter: str | None = None) -> int | None:
+        """How many rows match (`$count=true`; Dataverse counts up to 5,000), or None when not said."""
+        params = {"$count": "true", "$top": "1", "$select": primary_key_of(entity_set)}
+        if filter:
+            params["$filter"] = filter
+        body = self._get(f"{self.base}/{entity_set}", f"Dataverse count {entity_set}", params)
+        value = body.get("@odata.count")
+        return int(value) if isinstance(value, int) else None
 
     def track_changes(
         self, entity_set: str, select: list[str], delta_link: str | None, page_size: int = 5000

@@ -14,19 +14,24 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from confluent_kafka import TopicPartition
 
+import schemas
 from consumers.loop import group_id
+from consumers.target import parse_time
 from dualwrite import kafka, odata
 from dualwrite.checkpoints import CheckpointStore
 from dualwrite.config import Config
-from dualwrite.envelope import ChangeEvent, Side
-from dualwrite.errors import DualWriteError
+from dualwrite.dataverse import DataverseClient, LookupCache
+from dualwrite.envelope import ChangeEvent, Op, Origin, Side, record_key
+from dualwrite.errors import MissingReferenceError
 from dualwrite.fo import FoClient
 from dualwrite.order import dependency_order
 from dualwrite.tablemap import TableMap
+from producers.dataverse import resolve_lookups, row_company, select_columns, source_row
 from producers.fo import snapshot_event, source_filter
 from producers.publish import Publisher
 
@@ -65,6 +70,98 @@ def _after_key(fields: list[str], last: list[str]) -> str:
     return "(" + " or ".join(ors) + ")"
 
 
+class _Source(Protocol):
+    """The master side of a map: its rows in key order, resumable after a position."""
+
+    side: Side
+
+    def count(self) -> int | None: ...
+
+    def rows(self, last: list[str] | None) -> Iterator[tuple[dict[str, Any], list[str]]]: ...
+
+    def event(self, publisher: Publisher, raw: dict[str, Any]) -> ChangeEvent | None: ...
+
+
+class _FoSource:
+    side = Side.FO
+
+    def __init__(self, client: FoClient, m: TableMap, companies: list[str], run_id: str) -> None:
+        self.client, self.m, self.companies, self.run_id = client, m, companies, run_id
+
+    def count(self) -> int | None:
+        return self.client.count(self.m.fo.entity_set, source_filter(self.m, self.companies))
+
+    def rows(self, last: list[str] | None) -> Iterator[tuple[dict[str, Any], list[str]]]:
+        fields = _key_fields(self.m)
+        flt = source_filter(self.m, self.companies)
+        if last:
+            after = _after_key(fields, last)
+            flt = f"{flt} and {after}" if flt else after
+        for raw in self.client.query(self.m.fo.entity_set, flt, orderby=fields):
+            yield raw, [str(raw.get(k, "")) for k in fields]
+
+    def event(self, publisher: Publisher, raw: dict[str, Any]) -> ChangeEvent | None:
+        return snapshot_event(publisher, self.m, raw, self.companies, self.run_id)
+
+
+class _DataverseSource:
+    """Dataverse as the master: one enabled company after the other, each in alternate-key order."""
+
+    side = Side.DATAVERSE
+
+    def __init__(self, client: DataverseClient, m: TableMap, companies: list[str], run_id: str) -> None:
+        self.client, self.m, self.run_id = client, m, run_id
+        self.companies = sorted(companies) if m.company_specific else [""]
+        self.lookups = LookupCache(client)
+        self.fields = list(schemas.record_fields("dataverse", m.dataverse.entity_set))
+
+    def _filter(self, company: str) -> str | None:
+        dv = self.m.dataverse
+        parts = [f"{name} eq {odata.literal(value)}" for name, value in dv.filter.items()]
+        if dv.company_lookup is not None:
+            guid = self.lookups.company_id(company)
+            if guid is None:
+                raise MissingReferenceError(f"company {company!r} is not in cdm_companies; sync companies first")
+            parts.insert(0, f"_{dv.company_lookup}_value eq {guid}")
+        elif dv.company_field is not None:
+            parts.insert(0, f"{dv.company_field} eq {odata.literal(company)}")
+        return " and ".join(parts) or None
+
+    def count(self) -> int | None:
+        counts = [self.client.count(self.m.dataverse.entity_set, self._filter(c)) for c in self.companies]
+        return None if any(n is None for n in counts) else sum(n or 0 for n in counts)
+
+    def rows(self, last: list[str] | None) -> Iterator[tuple[dict[str, Any], list[str]]]:
+        dv = self.m.dataverse
+        select = select_columns(self.m, self.fields)
+        for company in self.companies:
+            if last and company < last[0]:
+                continue
+            flt = self._filter(company)
+            if last and company == last[0]:
+                after = _after_key(dv.key, last[1:])
+                flt = f"{flt} and {after}" if flt else after
+            for raw in self.client.query(dv.entity_set, flt, select, orderby=dv.key):
+                yield raw, [company, *(str(raw.get(k, "")) for k in dv.key)]
+
+    def event(self, publisher: Publisher, raw: dict[str, Any]) -> ChangeEvent | None:
+        dv = self.m.dataverse
+        after = source_row(self.fields, raw, resolve_lookups(self.lookups, self.m, [raw]))
+        company = row_company(self.m, after)
+        if any(after.get(k) in (None, "") for k in dv.key):
+            return None
+        return ChangeEvent(
+            op=Op.SNAPSHOT,
+            entity=dv.entity_set,
+            company=company,
+            key=record_key(company, [after[k] for k in dv.key]),
+            source_time=parse_time(raw.get("modifiedon")) or datetime.now(UTC),
+            source_version=raw.get("@odata.etag"),
+            origin=Origin(Side.DATAVERSE, False, raw.get("_modifiedby_value"), self.run_id),
+            after=publisher.coerce(dv.entity_set, after),
+        )
+
+
 def _key_fields(m: TableMap) -> list[str]:
     """The F&O read order: company first (unless global), then the key."""
     company = [m.fo.company_field] if m.fo.company_field else []
@@ -81,6 +178,7 @@ class InitialSync:
         current = self.checkpoints.get("sync|current-run")
         self.run_id = run_id or current or uuid.uuid4().hex[:12]
         self.fo = FoClient(cfg.fo)
+        self._dv: DataverseClient | None = None
 
     def _mark(self, map_name: str, what: str) -> str:
         return f"sync|{self.run_id}|{map_name}|{what}"
@@ -92,22 +190,22 @@ class InitialSync:
     def run(self, names: list[str] | None, on_progress: Callable[[MapProgress], None]) -> list[MapProgress]:
         self.checkpoints.put_many({"sync|current-run": self.run_id})
         results = []
-        for name in self.order(names):
-            m = self.maps[name]
-            if m.initial_sync_master != "fo":
-                raise DualWriteError(f"map {name}: initial sync from Dataverse is not built yet (master: fo only)")
-            progress = self._sync_map(m, on_progress)
-            results.append(progress)
+        try:
+            for name in self.order(names):
+                results.append(self._sync_map(self.maps[name], on_progress))
+        finally:
+            self.fo.close()
+            if self._dv is not None:
+                self._dv.close()
         self.checkpoints.put_many({"sync|current-run": None})
-        self.fo.close()
         return results
 
-    def _rows(self, m: TableMap, last: list[str] | None) -> Iterator[dict[str, Any]]:
-        flt = source_filter(m, self.cfg.companies)
-        if last:
-            after = _after_key(_key_fields(m), last)
-            flt = f"{flt} and {after}" if flt else after
-        yield from self.fo.query(m.fo.entity_set, flt, orderby=_key_fields(m))
+    def _source(self, m: TableMap) -> _Source:
+        if m.initial_sync_master == "fo":
+            return _FoSource(self.fo, m, self.cfg.companies, self.run_id)
+        if self._dv is None:
+            self._dv = DataverseClient(self.cfg.dataverse)
+        return _DataverseSource(self._dv, m, self.cfg.companies, self.run_id)
 
     def _sync_map(self, m: TableMap, on_progress: Callable[[MapProgress], None]) -> MapProgress:
         progress = MapProgress(m.name)
@@ -117,28 +215,27 @@ class InitialSync:
             progress.finished = time.monotonic()
             on_progress(progress)
             return progress
-        progress.total = self.fo.count(m.fo.entity_set, source_filter(m, self.cfg.companies))
+        source = self._source(m)
+        progress.total = source.count()
         last_text = self.checkpoints.get(self._mark(m.name, "last"))
         last = last_text.split("|") if last_text else None
         progress.done = progress.resumed_at = int(self.checkpoints.get(self._mark(m.name, "count")) or 0)
-        publisher = Publisher(self.cfg, "fo", {m.name: m}, headers=[(RUN_HEADER, self.run_id)])
-        key_fields = _key_fields(m)
-        topic = kafka.map_topics(self.cfg.kafka.topic_prefix, m)["fo"]
+        publisher = Publisher(self.cfg, source.side.value, {m.name: m}, headers=[(RUN_HEADER, self.run_id)])
+        topic = kafka.map_topics(self.cfg.kafka.topic_prefix, m)[source.side.value]
         page: list[ChangeEvent] = []
-        last_row: dict[str, Any] | None = None
+        position: list[str] | None = None
         try:
-            for raw in self._rows(m, last):
-                event = snapshot_event(publisher, m, raw, self.cfg.companies, self.run_id)
-                last_row = raw
+            for raw, position in source.rows(last):
+                event = source.event(publisher, raw)
                 if event is not None:
                     page.append(event)
                 if len(page) >= self.page:
-                    self._flush(publisher, m, page, last_row, key_fields, progress)
+                    self._flush(publisher, m, page, position, progress)
                     page = []
                     on_progress(progress)
-            self._flush(publisher, m, page, last_row, key_fields, progress)
+            self._flush(publisher, m, page, position, progress)
             on_progress(progress)
-            self._wait_applied(m, publisher.max_offsets, on_progress, progress)
+            self._wait_applied(source.side.other, publisher.max_offsets, on_progress, progress)
         finally:
             publisher.close()
         progress.dead_lettered = self._dead_letters(kafka.dlq_topic(topic))
@@ -152,21 +249,19 @@ class InitialSync:
         publisher: Publisher,
         m: TableMap,
         page: list[ChangeEvent],
-        last_row: dict[str, Any] | None,
-        key_fields: list[str],
+        position: list[str] | None,
         progress: MapProgress,
     ) -> None:
         publisher.publish(page)
         progress.done += len(page)
-        if last_row is not None:
-            last = "|".join(str(last_row.get(k, "")) for k in key_fields)
+        if position is not None:
             self.checkpoints.put_many(
-                {self._mark(m.name, "last"): last, self._mark(m.name, "count"): str(progress.done)}
+                {self._mark(m.name, "last"): "|".join(position), self._mark(m.name, "count"): str(progress.done)}
             )
 
     def _wait_applied(
         self,
-        m: TableMap,
+        towards: Side,
         offsets: dict[tuple[str, int], int],
         on_progress: Callable[[MapProgress], None],
         progress: MapProgress,
@@ -174,7 +269,7 @@ class InitialSync:
         """Block until the consumer group committed past everything this run published for the map."""
         if not offsets:
             return
-        c = kafka.consumer(self.cfg.kafka, group_id(self.cfg.kafka.topic_prefix, Side.DATAVERSE))
+        c = kafka.consumer(self.cfg.kafka, group_id(self.cfg.kafka.topic_prefix, towards))
         try:
             parts = [TopicPartition(t, p) for (t, p) in offsets]
             while True:

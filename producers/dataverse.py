@@ -90,14 +90,7 @@ class DataverseProducer:
         self.client.close()
 
     def _select(self, m: TableMap) -> list[str]:
-        lookups = {f.dataverse for f in m.fields if f.lookup is not None and f.dataverse}
-        cols = {m.dataverse.primary_key, "_modifiedby_value", "modifiedon"}
-        for name in self.fields[m.name]:
-            if name == m.dataverse.company_lookup or name in lookups:
-                cols.add(f"_{name}_value")
-            elif not name.startswith("_"):
-                cols.add(name)
-        return sorted(cols)
+        return select_columns(m, self.fields[m.name])
 
     def poll(self, m: TableMap) -> int:
         """Publish what changed in one table since its checkpoint; returns the number of events."""
@@ -208,3 +201,15 @@ def source_row(fields: Iterable[str], row: dict[str, Any], resolved: dict[str, d
 def row_company(m: TableMap, after: dict[str, Any]) -> str:
     dv = m.dataverse
     return str(after.get(dv.company_lookup or dv.company_field or "") or "").lower()
+
+
+def select_columns(m: TableMap, fields: Iterable[str]) -> list[str]:
+    """The Web API columns to read for a map's event rows (lookups as `_<column>_value` GUIDs)."""
+    lookups = {f.dataverse for f in m.fields if f.lookup is not None and f.dataverse}
+    cols = {m.dataverse.primary_key, "_modifiedby_value", "modifiedon"}
+    for name in fields:
+        if name == m.dataverse.company_lookup or name in lookups:
+            cols.add(f"_{name}_value")
+        elif not name.startswith("_"):
+            cols.add(name)
+    return sorted(cols)

@@ -77,7 +77,10 @@ def _skeleton(
         "dataverse_producer": {"poll_interval_s": 0.2},
     }
     for section, values in extra.items():
-        raw.setdefault(section, {}).update(values)
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values  # a top-level setting, e.g. companies
     return raw
 
 

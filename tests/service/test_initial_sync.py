@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from dualwrite.initial_sync import InitialSync, MapProgress
+from dualwrite.tablemap import builtin_maps_dir
 from standins.harness import LocalStack, eventually
 
 pytestmark = pytest.mark.service
@@ -125,3 +128,59 @@ def test_crashed_initial_sync_of_every_area_resumes_without_copying_twice(stack:
     copied = sum(p.done for p in results.values())
     assert copied == sum(expected.values())
     assert stack.writes_by("dataverse", "dualwrite") == copied - 5
+
+
+def test_initial_sync_from_dataverse_as_master_resumes_after_a_crash(tmp_path: Path) -> None:
+    """A map whose master is Dataverse: its rows are read from Dataverse, company by company in key
+    order, and applied to F&O. The live Dataverse producer is left out, so only the sync copies."""
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for f in builtin_maps_dir().glob("*.yaml"):
+        shutil.copy(f, maps / f.name)
+    path = maps / "customer-payment-methods.yaml"
+    path.write_text(path.read_text() + "initial_sync_master: dataverse\n")
+    (tmp_path / "run").mkdir()
+    stack = LocalStack.start(tmp_path / "run", maps_dir=maps, with_components=False, companies=["usmf", "demf"])
+    try:
+        stack.start_components(("fo-producer", "consumer-dataverse", "consumer-fo"))
+        first = InitialSync(stack.config, stack.maps, page=2)
+        first.run(["companies"], lambda p: None)
+        dv = stack.user_client("dataverse")
+        fo = stack.user_client("fo")
+        for company in ("usmf", "demf"):
+            cid = dv.get("cdm_companies", params={"$filter": f"cdm_companycode eq '{company}'"}).json()["value"][0]
+            for name in ("DV-A", "DV-B", "DV-C"):
+                body = {
+                    "msdyn_name": name,
+                    "msdyn_description": f"{name} of {company}",
+                    "msdyn_company@odata.bind": f"/cdm_companies({cid['cdm_companyid']})",
+                }
+                assert dv.post("msdyn_customerpaymentmethods", json=body).status_code in (201, 204)
+
+        class Crash(Exception):
+            pass
+
+        def crash(p: MapProgress) -> None:
+            if p.name == "customer-payment-methods" and p.done >= 6:
+                raise Crash
+
+        sync = InitialSync(stack.config, stack.maps, page=2)
+        with pytest.raises(Crash):
+            sync.run(["customer-payment-methods"], crash)
+        resumed = InitialSync(stack.config, stack.maps, page=2)
+        (result,) = resumed.run(["customer-payment-methods"], lambda p: None)
+        # 3 seeded methods (CHECK, CASH, TRANSFER) and 3 new ones per company; 6 sent before the crash.
+        assert result.resumed_at == 6 and result.done == 12 and result.total == 12
+
+        def method(company: str, name: str) -> dict[str, Any] | None:
+            resp = fo.get(f"CustomerPaymentMethods(dataAreaId='{company}',Name='{name}')")
+            return resp.json() if resp.status_code == 200 else None
+
+        for company in ("usmf", "demf"):
+            for name in ("DV-A", "DV-B", "DV-C"):
+                row = eventually(lambda c=company, n=name: method(c, n), what=f"{name} in F&O {company}")
+                assert row["Description"] == f"{name} of {company}"
+        # Each new row was written to F&O once; the seeded ones were already equal there.
+        assert stack.writes_by("fo", "dualwrite") == 6
+    finally:
+        stack.stop()

@@ -4,6 +4,7 @@ Here only usmf is enabled; demf exists on both sides but none of its records may
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -85,3 +86,21 @@ def test_records_of_another_company_are_neither_read_nor_written(stack: LocalSta
     assert _customer(fo, "demf", "DE-900") is None
     # The demf legal entity in F&O was not touched by the Dataverse company row either.
     assert fo.get("LegalEntities(LegalEntityId='demf')").json()["Name"] != "Germany (not enabled)"
+
+
+def test_the_enabled_company_itself_syncs_both_ways(stack: LocalStack) -> None:
+    fo = stack.user_client("fo")
+    dv = stack.user_client("dataverse")
+
+    def dv_name() -> str:
+        rows = dv.get("cdm_companies", params={"$filter": "cdm_companycode eq 'usmf'"}).json()["value"]
+        return str(rows[0]["cdm_name"]) if rows else ""
+
+    assert fo.patch("LegalEntities(LegalEntityId='usmf')", json={"Name": "Contoso USA (renamed)"}).status_code < 300
+    eventually(lambda: dv_name() == "Contoso USA (renamed)", what="the new name in Dataverse")
+    row = dv.get("cdm_companies", params={"$filter": "cdm_companycode eq 'usmf'"}).json()["value"][0]
+    time.sleep(1.1)  # a later second than F&O's edit (both keep whole seconds; a tie goes to F&O)
+    assert dv.patch(f"cdm_companies({row['cdm_companyid']})", json={"cdm_name": "Contoso USA"}).status_code < 300
+    eventually(
+        lambda: fo.get("LegalEntities(LegalEntityId='usmf')").json()["Name"] == "Contoso USA", what="F&O renamed back"
+    )

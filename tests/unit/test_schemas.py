@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import fastavro
 import pytest
@@ -43,3 +44,13 @@ def test_a_map_naming_an_undeclared_field_is_refused() -> None:
     broken = m.model_copy(update={"fields": [*m.fields, m.fields[1].model_copy(update={"fo": "NoSuchField"})]})
     with pytest.raises(SystemExit, match="NoSuchField"):
         generate.build({**maps, "companies": broken})
+
+
+def test_strimzi_topics_cover_every_map() -> None:
+    import runpy
+
+    script = Path(__file__).parents[2] / "deploy" / "strimzi" / "generate_topics.py"
+    module = runpy.run_path(str(script))
+    assert module["main"](["--check"]) == 0, "deploy/strimzi/topics.yaml is stale"
+    text = (script.parent / "topics.yaml").read_text()
+    assert "topicName: dualwrite.fo.customersv3.persons\n" in text and "topicName: dualwrite.control\n" in text

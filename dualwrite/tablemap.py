@@ -231,4 +231,11 @@ def load_maps(directory: Path | None = None, names: list[str] | None = None) -> 
         if unknown:
             raise ConfigError(f"maps: unknown map(s) {', '.join(unknown)}; known: {', '.join(sorted(loaded))}")
         loaded = {n: loaded[n] for n in names}
+        for m in loaded.values():
+            missing = sorted(d for d in m.depends_on() if d not in loaded)
+            if missing:
+                raise ConfigError(
+                    f"maps: map {m.name} looks rows up through map(s) {', '.join(missing)}, which are not enabled; "
+                    "enable them too (or leave maps unset for all)"
+                )
     return loaded

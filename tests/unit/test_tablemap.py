@@ -60,3 +60,9 @@ def test_cycle_is_reported_not_guessed(tmp_path: Path) -> None:
 def test_unknown_map_name_in_config_is_named() -> None:
     with pytest.raises(ConfigError, match="unknown map.*nope"):
         load_maps(None, ["companies", "nope"])
+
+
+def test_enabling_a_map_without_the_maps_it_looks_up_is_refused() -> None:
+    with pytest.raises(ConfigError, match="customers looks rows up through map.*payment-terms"):
+        load_maps(None, ["companies", "customer-groups", "customers"])
+    assert set(load_maps(None, ["companies", "currencies"])) == {"companies", "currencies"}

@@ -63,8 +63,8 @@ class Publisher:
         passing = [t for t, flt in routes if passes_filter(flt, event.after)]
         return passing or [routes[0][0]]  # the consumer counts it as filtered
 
-    def _produce(self, event: ChangeEvent, on_delivery: Any) -> int:
-        topics = self.topics_for(event)
+    def _produce(self, event: ChangeEvent, on_delivery: Any, topics: list[str] | None = None) -> int:
+        topics = self.topics_for(event) if topics is None else topics
         for topic in topics:
             value = self.serializers[event.entity](topic, event.to_avro())
             self.producer.produce(
@@ -100,15 +100,16 @@ class Publisher:
     async def publish_async(self, events: list[ChangeEvent], timeout_s: float = 30.0) -> None:
         """`publish` for an asyncio handler: awaits the broker's acks without blocking the loop."""
         loop = asyncio.get_running_loop()
-        futures = []
+        futures: list[asyncio.Future[None]] = []
         for e in events:
-            for _ in self.topics_for(e):
-                fut: asyncio.Future[None] = loop.create_future()
-                futures.append(fut)
-            mine = iter(futures[-len(self.topics_for(e)) :])
+            # One future per topic the event goes to; delivery reports come on the poll thread, one at a time.
+            topics = self.topics_for(e)
+            mine = [loop.create_future() for _ in topics]
+            futures.extend(mine)
+            pending = iter(mine)
 
-            def delivered(err: KafkaError | None, msg: Message, mine: Any = mine) -> None:
-                fut = next(mine)
+            def delivered(err: KafkaError | None, msg: Message, pending: Any = pending) -> None:
+                fut = next(pending)
 
                 def settle() -> None:
                     if fut.done():
@@ -120,7 +121,7 @@ class Publisher:
 
                 loop.call_soon_threadsafe(settle)
 
-            self._produce(e, delivered)
+            self._produce(e, delivered, topics)
         try:
             await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
         except TimeoutError:

@@ -6,9 +6,11 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from dualwrite.tablemap import builtin_maps_dir
+from standins.harness import LocalStack
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +24,16 @@ def strict_maps_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     assert '"Requisition": 192350004, "Never": 192350005' in text
     path.write_text(text.replace(', "Never": 192350005', ""))
     yield target
+
+
+# People editing each side, for modules that define a module-scoped `stack` fixture.
+@pytest.fixture(scope="module")
+def fo(stack: LocalStack) -> Iterator[httpx.Client]:
+    with stack.user_client("fo") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def dv(stack: LocalStack) -> Iterator[httpx.Client]:
+    with stack.user_client("dataverse") as c:
+        yield c

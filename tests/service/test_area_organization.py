@@ -29,18 +29,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         s.stop()
 
 
-@pytest.fixture(scope="module")
-def fo(stack: LocalStack) -> Iterator[httpx.Client]:
-    with stack.user_client("fo") as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def dv(stack: LocalStack) -> Iterator[httpx.Client]:
-    with stack.user_client("dataverse") as c:
-        yield c
-
-
 def rows(dv: httpx.Client, entity_set: str, flt: str | None = None) -> list[dict[str, Any]]:
     resp = dv.get(entity_set, params={"$filter": flt} if flt else None)
     assert resp.status_code == 200, resp.text

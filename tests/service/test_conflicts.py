@@ -41,18 +41,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         s.stop()
 
 
-@pytest.fixture(scope="module")
-def fo(stack: LocalStack) -> Iterator[httpx.Client]:
-    with stack.user_client("fo") as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def dv(stack: LocalStack) -> Iterator[httpx.Client]:
-    with stack.user_client("dataverse") as c:
-        yield c
-
-
 def company_id(dv: httpx.Client, code: str = "usmf") -> str:
     rows = dv.get("cdm_companies", params={"$filter": f"cdm_companycode eq '{code}'"}).json()["value"]
     return str(rows[0]["cdm_companyid"]) if rows else ""

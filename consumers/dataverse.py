@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from consumers.target import APPLIED, Ident, ODataTarget, Result, from_error, parse_time
 from dualwrite import odata
 from dualwrite.dataverse import COMPANY_LOOKUP, DataverseClient, LookupCache
-from dualwrite.envelope import ChangeEvent, Op, Origin, Side, record_key
+from dualwrite.envelope import ChangeEvent, Op
 from dualwrite.errors import MissingReferenceError
 from dualwrite.mapping import LookupRef, TargetWrite, changed_fields
 from dualwrite.tablemap import TableMap
-from producers.dataverse import resolve_lookups, row_company, source_row
+from producers.dataverse import resolve_lookups, row_event, source_row
 
 _CHUNK = 40
 
@@ -49,21 +49,8 @@ class DataverseTarget(ODataTarget):
         return guid
 
     def kept_event(self, m: TableMap, row: dict[str, Any], fields: list[str]) -> ChangeEvent | None:
-        when, who = self.modified(m, row)
         after = source_row(fields, row, resolve_lookups(self.lookups, m, [row]))
-        company = row_company(m, after)
-        if (m.company_specific and not company) or any(after.get(k) in (None, "") for k in m.dataverse.key):
-            return None
-        return ChangeEvent(
-            op=Op.UPDATE,
-            entity=m.dataverse.entity_set,
-            company=company,
-            key=record_key(company, [after[k] for k in m.dataverse.key]),
-            source_time=when or datetime.now(UTC),
-            source_version=row.get("@odata.etag"),
-            origin=Origin(Side.DATAVERSE, False, who),
-            after=after,
-        )
+        return row_event(m, row, after, Op.UPDATE)
 
     def current_rows(self, m: TableMap, writes: list[TargetWrite]) -> dict[Ident, dict[str, Any]]:
         """The target rows the writes address, by (company, lower-cased key)."""

@@ -13,25 +13,23 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from confluent_kafka import TopicPartition
 
 import schemas
 from consumers.loop import group_id
-from consumers.target import parse_time
 from dualwrite import kafka, odata
 from dualwrite.checkpoints import CheckpointStore
 from dualwrite.config import Config
 from dualwrite.dataverse import DataverseClient, LookupCache
-from dualwrite.envelope import ChangeEvent, Op, Origin, Side, record_key
+from dualwrite.envelope import ChangeEvent, Op, Side
 from dualwrite.errors import MissingReferenceError
 from dualwrite.fo import FoClient
 from dualwrite.order import dependency_order
 from dualwrite.tablemap import TableMap
-from producers.dataverse import resolve_lookups, row_company, select_columns, source_row
+from producers.dataverse import resolve_lookups, row_event, select_columns, source_row
 from producers.fo import snapshot_event, source_filter
 from producers.publish import Publisher
 
@@ -145,21 +143,9 @@ class _DataverseSource:
                 yield raw, [company, *(str(raw.get(k, "")) for k in dv.key)]
 
     def event(self, publisher: Publisher, raw: dict[str, Any]) -> ChangeEvent | None:
-        dv = self.m.dataverse
         after = source_row(self.fields, raw, resolve_lookups(self.lookups, self.m, [raw]))
-        company = row_company(self.m, after)
-        if any(after.get(k) in (None, "") for k in dv.key):
-            return None
-        return ChangeEvent(
-            op=Op.SNAPSHOT,
-            entity=dv.entity_set,
-            company=company,
-            key=record_key(company, [after[k] for k in dv.key]),
-            source_time=parse_time(raw.get("modifiedon")) or datetime.now(UTC),
-            source_version=raw.get("@odata.etag"),
-            origin=Origin(Side.DATAVERSE, False, raw.get("_modifiedby_value"), self.run_id),
-            after=publisher.coerce(dv.entity_set, after),
-        )
+        event = row_event(self.m, raw, after, Op.SNAPSHOT, self.run_id)
+        return None if event is None else replace(event, after=publisher.coerce(event.entity, after))
 
 
 def _key_fields(m: TableMap) -> list[str]:

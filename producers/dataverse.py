@@ -213,3 +213,22 @@ def select_columns(m: TableMap, fields: Iterable[str]) -> list[str]:
         elif not name.startswith("_"):
             cols.add(name)
     return sorted(cols)
+
+
+def row_event(
+    m: TableMap, raw: dict[str, Any], after: dict[str, Any], op: Op, correlation_id: str | None = None
+) -> ChangeEvent | None:
+    """A change event of a Dataverse row read outside change tracking (None when it has no key)."""
+    company = row_company(m, after)
+    if (m.company_specific and not company) or any(after.get(k) in (None, "") for k in m.dataverse.key):
+        return None
+    return ChangeEvent(
+        op=op,
+        entity=m.dataverse.entity_set,
+        company=company,
+        key=record_key(company, [after[k] for k in m.dataverse.key]),
+        source_time=_parse_time(raw.get("modifiedon")),
+        source_version=raw.get("@odata.etag"),
+        origin=Origin(Side.DATAVERSE, False, raw.get("_modifiedby_value"), correlation_id),
+        after=after,
+    )

@@ -61,6 +61,29 @@ def fo_row(fo: httpx.Client, entity_set: str, **key: str) -> dict[str, Any] | No
     return resp.json() if resp.status_code == 200 else None
 
 
+# Per record kind: F&O set, key field, compared field; Dataverse set, key column, compared column.
+KINDS = {
+    "customer": ("CustomersV3", "CustomerAccount", "CreditRating", "accounts", "accountnumber", "msdyn_creditrating"),
+    "terms": ("PaymentTerms", "Name", "Description", "msdyn_paymentterms", "msdyn_name", "msdyn_description"),
+    "vendor group": (
+        "VendorGroups",
+        "VendorGroupId",
+        "Description",
+        "msdyn_vendorgroups",
+        "msdyn_vendorgroup",
+        "msdyn_description",
+    ),
+}
+
+
+def both_hold(fo: httpx.Client, dv: httpx.Client, kind: str, key: str, value: str) -> bool:
+    """Both sides hold `value` in the compared field of the record."""
+    fo_set, fo_key, fo_field, dv_set, dv_key, dv_field = KINDS[kind]
+    f = fo_row(fo, fo_set, **{fo_key: key})
+    d = dv_row(dv, dv_set, dv_key, key)
+    return f is not None and d is not None and f[fo_field] == value and d[dv_field] == value
+
+
 def set_paused(stack: LocalStack, map_name: str, paused: bool) -> None:
     control.set_state(stack.config.kafka, map_name, "paused" if paused else "running")
     loops = [stack.components[n].loop for n in ("consumer-dataverse", "consumer-fo")]
@@ -107,13 +130,8 @@ def test_last_writer_wins_keeps_the_later_edit_whichever_side_made_it(
     finally:
         set_paused(stack, "customers", False)
 
-    def both(account: str, value: str) -> bool:
-        f = fo_row(fo, "CustomersV3", CustomerAccount=account)
-        d = dv_row(dv, "accounts", "accountnumber", account)
-        return f is not None and d is not None and f["CreditRating"] == value and d["msdyn_creditrating"] == value
-
-    settled(lambda: both("US-003", "DV"), "US-003 holds Dataverse's later edit on both sides")
-    settled(lambda: both("US-004", "FO"), "US-004 holds F&O's later edit on both sides")
+    settled(lambda: both_hold(fo, dv, "customer", "US-003", "DV"), "US-003 holds Dataverse's later edit on both sides")
+    settled(lambda: both_hold(fo, dv, "customer", "US-004", "FO"), "US-004 holds F&O's later edit on both sides")
 
 
 def test_source_of_truth_fo_wins_even_over_a_later_dataverse_edit(
@@ -130,12 +148,7 @@ def test_source_of_truth_fo_wins_even_over_a_later_dataverse_edit(
     finally:
         set_paused(stack, "payment-terms", False)
 
-    def both(value: str) -> bool:
-        f = fo_row(fo, "PaymentTerms", Name="Net45")
-        d = dv_row(dv, "msdyn_paymentterms", "msdyn_name", "Net45")
-        return f is not None and d is not None and f["Description"] == value and d["msdyn_description"] == value
-
-    settled(lambda: both("from F&O"), "Net45 holds F&O's edit on both sides")
+    settled(lambda: both_hold(fo, dv, "terms", "Net45", "from F&O"), "Net45 holds F&O's edit on both sides")
 
 
 def test_source_of_truth_fo_takes_back_a_dataverse_edit_made_within_the_window(
@@ -154,12 +167,7 @@ def test_source_of_truth_fo_takes_back_a_dataverse_edit_made_within_the_window(
     )
     dv.patch(f"msdyn_paymentterms({row['msdyn_paymenttermid']})", json={"msdyn_description": "Dataverse says"})
 
-    def both(value: str) -> bool:
-        f = fo_row(fo, "PaymentTerms", Name="Net10")
-        d = dv_row(dv, "msdyn_paymentterms", "msdyn_name", "Net10")
-        return f is not None and d is not None and f["Description"] == value and d["msdyn_description"] == value
-
-    settled(lambda: both("F&O says"), "Net10 back to F&O's value on both sides")
+    settled(lambda: both_hold(fo, dv, "terms", "Net10", "F&O says"), "Net10 back to F&O's value on both sides")
 
 
 def test_source_of_truth_dataverse_wins_even_over_a_later_fo_edit(
@@ -176,12 +184,9 @@ def test_source_of_truth_dataverse_wins_even_over_a_later_fo_edit(
     finally:
         set_paused(stack, "vendor-groups", False)
 
-    def both(value: str) -> bool:
-        f = fo_row(fo, "VendorGroups", VendorGroupId="20")
-        d = dv_row(dv, "msdyn_vendorgroups", "msdyn_vendorgroup", "20")
-        return f is not None and d is not None and f["Description"] == value and d["msdyn_description"] == value
-
-    settled(lambda: both("DV"), "vendor group 20 holds Dataverse's edit on both sides")
+    settled(
+        lambda: both_hold(fo, dv, "vendor group", "20", "DV"), "vendor group 20 holds Dataverse's edit on both sides"
+    )
 
 
 def test_edits_in_the_same_second_end_with_fo_s_value_on_both_sides(
@@ -199,12 +204,7 @@ def test_edits_in_the_same_second_end_with_fo_s_value_on_both_sides(
     finally:
         set_paused(stack, "customers", False)
 
-    def both(value: str) -> bool:
-        f = fo_row(fo, "CustomersV3", CustomerAccount="US-006")
-        d = dv_row(dv, "accounts", "accountnumber", "US-006")
-        return f is not None and d is not None and f["CreditRating"] == value and d["msdyn_creditrating"] == value
-
-    settled(lambda: both("T-FO"), "US-006 holds F&O's value on both sides")
+    settled(lambda: both_hold(fo, dv, "customer", "US-006", "T-FO"), "US-006 holds F&O's value on both sides")
 
 
 def test_an_old_event_replayed_does_not_overwrite_a_newer_value(

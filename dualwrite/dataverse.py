@@ -85,10 +85,13 @@ class DataverseClient:
 
     def count(self, entity_set: str, filter: str | None = None) -> int | None:
         """How many rows match (`$count=true`; Dataverse counts up to 5,000), or None when not said."""
-        params = {"$count": "true", "$top": "1", "$select": primary_key_of(entity_set)}
+        # One row per page instead of $top, which Microsoft's docs advise against combining with $count.
+        params = {"$count": "true", "$select": primary_key_of(entity_set)}
         if filter:
             params["$filter"] = filter
-        body = self._get(f"{self.base}/{entity_set}", f"Dataverse count {entity_set}", params)
+        body = self._get(
+            f"{self.base}/{entity_set}", f"Dataverse count {entity_set}", params, Prefer="odata.maxpagesize=1"
+        )
         value = body.get("@odata.count")
         return int(value) if isinstance(value, int) else None
 

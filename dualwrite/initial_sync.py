@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from confluent_kafka import TopicPartition
-
 import schemas
 from consumers.loop import group_id
 from dualwrite import kafka, odata
@@ -28,6 +26,7 @@ from dualwrite.envelope import ChangeEvent, Op, Side
 from dualwrite.errors import MissingReferenceError
 from dualwrite.fo import FoClient
 from dualwrite.order import dependency_order
+from dualwrite.status import committed_past
 from dualwrite.tablemap import TableMap
 from producers.dataverse import resolve_lookups, row_event, select_columns, source_row
 from producers.fo import snapshot_event, source_filter
@@ -257,11 +256,7 @@ class InitialSync:
             return
         c = kafka.consumer(self.cfg.kafka, group_id(self.cfg.kafka.topic_prefix, towards))
         try:
-            parts = [TopicPartition(t, p) for (t, p) in offsets]
-            while True:
-                committed = {(tp.topic, tp.partition): tp.offset for tp in c.committed(parts, timeout=10)}
-                if all(committed.get(k, -1) > o for k, o in offsets.items()):
-                    return
+            while not committed_past(c, offsets):
                 on_progress(progress)
                 time.sleep(0.2)
         finally:

@@ -10,7 +10,7 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from dualwrite import kafka
 from dualwrite.config import KafkaConfig
@@ -79,6 +79,26 @@ def consumer_lag(cfg: KafkaConfig, group: str, topics: list[str]) -> dict[str, i
     finally:
         c.close()
     return lag
+
+
+def committed_past(c: Consumer, offsets: dict[tuple[str, int], int]) -> bool:
+    """True once `c`'s group has committed beyond every given (topic, partition) offset: each of
+    those records has been applied (or dead-lettered). Exact, unlike lag from tansu's watermarks."""
+    if not offsets:
+        return True
+    parts = [TopicPartition(t, p) for (t, p) in offsets]
+    committed = {(tp.topic, tp.partition): tp.offset for tp in c.committed(parts, timeout=10)}
+    return all(committed.get(k, -1) > o for k, o in offsets.items())
+
+
+def last_offsets(cfg: KafkaConfig, topics: list[str]) -> dict[tuple[str, int], int]:
+    """The offset of the last record now in each non-empty (topic, partition), found by reading."""
+    last: dict[tuple[str, int], int] = {}
+    for t in topics:
+        for msg in kafka.read_to_end(cfg, t, idle_s=0.5):
+            key = (t, msg.partition() or 0)
+            last[key] = max(last.get(key, -1), msg.offset() or 0)
+    return last
 
 
 def topic_depth(cfg: KafkaConfig, topics: list[str]) -> dict[str, int]:

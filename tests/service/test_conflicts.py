@@ -16,7 +16,6 @@ from confluent_kafka import TopicPartition
 from consumers.loop import group_id
 from dualwrite import control, kafka
 from dualwrite.envelope import Side
-from dualwrite.status import consumer_lag
 from dualwrite.tablemap import builtin_maps_dir
 from standins.harness import LocalStack, eventually
 
@@ -234,10 +233,7 @@ def test_an_old_event_replayed_does_not_overwrite_a_newer_value(
         c.close()
     stack.start_components(("consumer-dataverse",))
     group = group_id(stack.config.kafka.topic_prefix, Side.DATAVERSE)
-    eventually(
-        lambda: consumer_lag(stack.config.kafka, group, [topic]).get(topic) == 0,
-        what="the replayed topic applied again",
-    )
+    stack.wait_applied(group, [topic])  # the replayed topic applied again
     settled(
         lambda: (d := dv_row(dv, "accounts", "accountnumber", "US-005")) is not None and d["description"] == "new",
         "Dataverse keeps the newer memo after the replay",

@@ -13,9 +13,11 @@ from typing import Any, TypeVar
 
 import httpx
 
+from consumers.loop import group_id
 from dualwrite import kafka
 from dualwrite.components import NAMES, build, prepare
 from dualwrite.config import Config, parse_config
+from dualwrite.envelope import Side
 from dualwrite.server import BackgroundServer, free_port
 from dualwrite.status import committed_past, last_offsets
 from dualwrite.tablemap import TableMap, load_maps
@@ -235,6 +237,16 @@ class LocalStack:
             )
         finally:
             c.close()
+
+    def settle(self, timeout_s: float = 60.0) -> None:
+        """Wait until both consumers have applied every record now in the topics they read."""
+        prefix = self.config.kafka.topic_prefix
+        for towards in (Side.DATAVERSE, Side.FO):
+            source = towards.other.value
+            topics = sorted(
+                {kafka.map_topics(prefix, m)[source] for m in self.maps.values() if m.writes_to(towards.value)}
+            )
+            self.wait_applied(group_id(prefix, towards), topics, timeout_s)
 
     def dataverse_counts(self, tables: list[str]) -> dict[str, int]:
         """Rows each Dataverse table holds now (`$count`)."""

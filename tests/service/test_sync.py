@@ -154,6 +154,7 @@ def test_dataverse_create_update_delete_reach_fo(stack: LocalStack, fo: httpx.Cl
 
 def test_changes_written_by_dualwrite_do_not_come_back(stack: LocalStack, fo: httpx.Client, dv: httpx.Client) -> None:
     eventually(lambda: account(dv, "US-025"), what="seed synced")
+    stack.settle()  # nothing of the seed or earlier tests still in flight
     fo_before, dv_before = stack.writes_by("fo", "dualwrite"), stack.writes_by("dataverse", "dualwrite")
     for i in range(5):
         new_fo_customer(fo, f"T-ECHO-{i}")

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,11 @@ def standin(kind: str, host: str, port: int, db: str, seed: bool, event_endpoint
     serve_forever(app, host, port)
 
 
+def _name_width(names: Iterable[str]) -> int:
+    """Column width for map names in tables: the longest name plus two spaces."""
+    return max((len(n) for n in names), default=3) + 2
+
+
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -128,12 +134,13 @@ def status(config_path: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    header = f"{'map':<26}{'direction':<22}{'state':<10}{'lag':>8}{'applied':>10}{'skipped':>10}{'dlq':>8}"
+    w = _name_width(r["map"] for r in rows)
+    header = f"{'map':<{w}}{'direction':<22}{'state':<10}{'lag':>8}{'applied':>10}{'skipped':>10}{'dlq':>8}"
     click.echo(header)
     for r in rows:
         note = f"  refers to paused: {', '.join(r['waits_on'])}" if r["waits_on"] else ""
         click.echo(
-            f"{r['map']:<18}{r['direction']:<22}{r['state']:<10}{r['lag']:>8}{r['applied']:>10}"
+            f"{r['map']:<{w}}{r['direction']:<22}{r['state']:<10}{r['lag']:>8}{r['applied']:>10}"
             f"{r['skipped']:>10}{r['dlq']:>8}{note}"
         )
 
@@ -225,13 +232,14 @@ def map_status(names: tuple[str, ...], config_path: Path | None) -> None:
     maps = enabled_maps(cfg)
     states = control.read_states(cfg.kafka)
     paused = {m for m, st in states.items() if st.get("state") == "paused"}
+    w = _name_width(maps)
     for name in dependency_order(maps):
         if names and name not in names:
             continue
         state = "paused" if name in paused else "running"
         blocked = waits_on(maps, name, paused)
         note = f"  (refers to paused: {', '.join(blocked)})" if blocked else ""
-        click.echo(f"{name:<18} {state}{note}")
+        click.echo(f"{name:<{w}}{state}{note}")
 
 
 @cli.group("sync")
@@ -261,6 +269,7 @@ def sync_initial(names: tuple[str, ...], config_path: Path | None, restart: bool
     click.echo(f"initial sync run {sync.run_id}, order: {' -> '.join(sync.order(list(names) or None))}")
     tty = sys.stdout.isatty()
     shown = {"at": 0.0}
+    name_w = _name_width(maps)
 
     def show(p: MapProgress) -> None:
         now = _time.monotonic()
@@ -271,19 +280,20 @@ def sync_initial(names: tuple[str, ...], config_path: Path | None, restart: bool
         width = 24
         filled = int(width * min(1.0, p.done / total)) if total else width
         eta = "" if p.eta_s is None or p.finished else f"  {p.eta_s:,.0f}s left"
-        line = (
-            f"{p.name:<18}[{'#' * filled}{'.' * (width - filled)}] {p.done:>9,}/{total:<9,} {p.rate:>9,.0f} rows/s{eta}"
-        )
+        bar = "#" * filled + "." * (width - filled)
+        line = f"{p.name:<{name_w}}[{bar}] {p.done:>9,}/{total:<9,} {p.rate:>9,.0f} rows/s{eta}"
         if p.finished is not None:
             click.echo(("\r" if tty else "") + line + "  done")
         else:
             click.echo(("\r" + line) if tty else line, nl=not tty)
 
     results = sync.run(list(names) or None, show)
-    click.echo(f"{'map':<26}{'rows':>10}{'resumed at':>12}{'dead-lettered':>15}{'seconds':>10}{'rows/s':>10}")
+    click.echo(f"{'map':<{name_w}}{'rows':>10}{'resumed at':>12}{'dead-lettered':>15}{'seconds':>10}{'rows/s':>10}")
     for p in results:
         secs = (p.finished or _time.monotonic()) - p.started
-        click.echo(f"{p.name:<26}{p.done:>10,}{p.resumed_at:>12,}{p.dead_lettered:>15,}{secs:>10.1f}{p.rate:>10,.0f}")
+        click.echo(
+            f"{p.name:<{name_w}}{p.done:>10,}{p.resumed_at:>12,}{p.dead_lettered:>15,}{secs:>10.1f}{p.rate:>10,.0f}"
+        )
 
 
 @cli.command("maps")
@@ -294,9 +304,10 @@ def maps_cmd(config_path: Path | None) -> None:
     from dualwrite.order import dependency_order
 
     maps = enabled_maps(_config(config_path))
+    w = _name_width(maps)
     for name in dependency_order(maps):
         m = maps[name]
-        click.echo(f"{name:<18} {m.fo.entity_set} <-> {m.dataverse.entity_set}  ({len(m.fields)} fields)")
+        click.echo(f"{name:<{w}}{m.fo.entity_set} <-> {m.dataverse.entity_set}  ({len(m.fields)} fields)")
 
 
 def main() -> None:

@@ -21,7 +21,12 @@ def collect(cfg: Config) -> list[dict[str, Any]]:
     rows = []
     for towards in (Side.DATAVERSE, Side.FO):
         direction = f"{towards.other.value}->{towards.value}"
-        sources = {name: kafka.map_topics(cfg.kafka.topic_prefix, m)[towards.other.value] for name, m in maps.items()}
+        # A one-way map has no row for the direction it does not write.
+        sources = {
+            name: kafka.map_topics(cfg.kafka.topic_prefix, m)[towards.other.value]
+            for name, m in maps.items()
+            if m.writes_to(towards.value)
+        }
         lag = status.consumer_lag(cfg.kafka, group_id(cfg.kafka.topic_prefix, towards), list(sources.values()))
         depth = status.topic_depth(cfg.kafka, [kafka.dlq_topic(t) for t in sources.values()])
         instances = [s for s in published if s.get("direction") == direction]
@@ -29,6 +34,8 @@ def collect(cfg: Config) -> list[dict[str, Any]]:
             s for s in instances if s.get("state") == "running" and time.time() - s["time"] < status.ALIVE_WITHIN_S
         ]
         for name in dependency_order(maps):
+            if name not in sources:
+                continue
             counts: dict[str, int] = {}
             for s in instances:
                 for outcome, n in s.get("maps", {}).get(name, {}).items():

@@ -252,9 +252,13 @@ def test_missing_reference_is_retried_until_it_arrives(stack: LocalStack, fo: ht
 def test_offsets_are_committed_after_apply_and_status_reports(
     stack: LocalStack, fo: httpx.Client, dv: httpx.Client, tmp_path: Path
 ) -> None:
+    topic = kafka.topic(stack.config.kafka.topic_prefix, "fo", "CustomersV3")
+    p = Producer({"bootstrap.servers": stack.config.kafka.bootstrap_servers})
+    p.produce(topic, key=b"usmf|STATUS-POISON", value=b"not avro")
+    assert p.flush(10) == 0
     new_fo_customer(fo, "T-STATUS-1")
     eventually(lambda: account(dv, "T-STATUS-1"), what="T-STATUS-1")
-    topic = kafka.topic(stack.config.kafka.topic_prefix, "fo", "CustomersV3")
+    eventually(lambda: any(d.key == b"usmf|STATUS-POISON" for d in dlq_records(stack, topic)), what="poison in DLQ")
     eventually(
         lambda: consumer_lag(stack.config.kafka, "dualwrite.consumer.dataverse", [topic]).get(topic) == 0,
         what="lag 0 on the customers topic",
@@ -273,7 +277,9 @@ def test_offsets_are_committed_after_apply_and_status_reports(
     rows = {(r["map"], r["direction"]): r for r in json.loads(out.stdout)}
     customers = rows[("customers", "fo->dataverse")]
     assert customers["state"] == "running" and customers["applied"] >= 50 and customers["lag"] == 0
-    assert customers["dlq"] >= 1  # the untranslatable and poison records above
+    assert customers["dlq"] >= 1  # at least the poison record above
+    # A one-way map is shown only for the direction it writes.
+    assert ("exchange-rates", "fo->dataverse") in rows and ("exchange-rates", "dataverse->fo") not in rows
     assert ("companies", "dataverse->fo") in rows
 
 

@@ -767,6 +767,7 @@ def create_app(settings: Settings) -> Starlette:
             )
         denied = protection.admit(identity.object_id)
         if denied is not None:
+            stats.throttled[identity.client_id] += 1
             return to_starlette(denied)
         try:
             if settings.latency_s:

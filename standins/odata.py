@@ -511,13 +511,14 @@ def to_starlette(resp: ODataResponse) -> Response:
 
 
 class Stats:
-    """Stand-in-only counters: requests and writes per caller (writes inside $batch included)."""
+    """Stand-in-only counters: requests, writes (inside $batch included) and 429s per caller."""
 
     WRITES = ("POST", "PATCH", "PUT", "DELETE")
 
     def __init__(self) -> None:
         self.requests = 0
         self.writes: dict[str, dict[str, int]] = defaultdict(lambda: {"POST": 0, "PATCH": 0, "DELETE": 0})
+        self.throttled: dict[str, int] = defaultdict(int)  # 429s answered, per caller
 
     def count_write(self, client_id: str, method: str) -> None:
         if method in self.WRITES:
@@ -525,7 +526,11 @@ class Stats:
             counts[method] = counts.get(method, 0) + 1
 
     def as_json(self) -> dict[str, Any]:
-        return {"writes": {k: dict(v) for k, v in self.writes.items()}, "requests": self.requests}
+        return {
+            "writes": {k: dict(v) for k, v in self.writes.items()},
+            "requests": self.requests,
+            "throttled": dict(self.throttled),
+        }
 
 
 # -- $batch -------------------------------------------------------------------------------------------

@@ -468,6 +468,8 @@ def test_request_limit_answers_429_with_retry_after(start: Callable[..., httpx.C
         "0x80072322",
         "Number of requests exceeded the limit of 3 over time window of 60 seconds.",
     )
+    stats = dv.get(f"{dv.base_url.scheme}://{dv.base_url.netloc.decode()}/_standin/stats").json()
+    assert sum(stats["throttled"].values()) == 1  # the stand-in counts the 429s it answered
 
 
 def test_concurrency_limit_answers_429(start: Callable[..., httpx.Client]) -> None:

@@ -287,7 +287,11 @@ def sync_initial(names: tuple[str, ...], config_path: Path | None, restart: bool
         else:
             click.echo(("\r" + line) if tty else line, nl=not tty)
 
-    results = sync.run(list(names) or None, show)
+    try:
+        results = sync.run(list(names) or None, show)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: run {sync.run_id} stopped; `dualwrite sync initial` resumes it", err=True)
+        raise
     click.echo(f"{'map':<{name_w}}{'rows':>10}{'resumed at':>12}{'dead-lettered':>15}{'seconds':>10}{'rows/s':>10}")
     for p in results:
         secs = (p.finished or _time.monotonic()) - p.started

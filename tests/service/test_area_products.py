@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from dualwrite import dlq, kafka
-from standins.harness import LocalStack, eventually
+from standins.harness import LocalStack, dv_rows, eventually
 
 pytestmark = pytest.mark.service
 AREA_MAPS = (
@@ -37,15 +37,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         s.stop()
 
 
-def rows(dv: httpx.Client, entity_set: str, flt: str | None = None) -> list[dict[str, Any]]:
-    resp = dv.get(entity_set, params={"$filter": flt} if flt else None)
-    assert resp.status_code == 200, resp.text
-    value: list[dict[str, Any]] = resp.json()["value"]
-    return value
-
-
 def company_id(dv: httpx.Client, code: str) -> str:
-    found = rows(dv, "cdm_companies", f"cdm_companycode eq '{code}'")
+    found = dv_rows(dv, "cdm_companies", f"cdm_companycode eq '{code}'")
     return str(found[0]["cdm_companyid"]) if found else ""
 
 
@@ -59,7 +52,7 @@ def row(
         if not cid:
             return None
         flt += f" and _msdyn_company_value eq {cid}"
-    found = rows(dv, entity_set, flt)
+    found = dv_rows(dv, entity_set, flt)
     assert len(found) <= 1, found
     return found[0] if found else None
 
@@ -95,7 +88,7 @@ def patch(client: httpx.Client, path: str, body: dict[str, Any]) -> None:
 
 
 def test_seeded_units_dimensions_and_groups_arrive_in_dataverse(stack: LocalStack, dv: httpx.Client) -> None:
-    eventually(lambda: len(rows(dv, "uoms")) == 8, what="8 seeded units")
+    eventually(lambda: len(dv_rows(dv, "uoms")) == 8, what="8 seeded units")
     kg = row(dv, "uoms", "msdyn_symbol", "kg")
     assert kg is not None
     assert (kg["name"], kg["msdyn_description"], kg["msdyn_externalunitclassname"], kg["msdyn_decimalprecision"]) == (
@@ -110,10 +103,10 @@ def test_seeded_units_dimensions_and_groups_arrive_in_dataverse(stack: LocalStac
         ("msdyn_productstyles", "msdyn_productstyle", 3, "Sport", "Sport edition"),
         ("msdyn_productconfigurations", "msdyn_productconfiguration", 2, "Pro", "Professional configuration"),
     ):
-        eventually(lambda s=entity_set, n=count: len(rows(dv, s)) == n, what=f"{count} seeded {entity_set}")
+        eventually(lambda s=entity_set, n=count: len(dv_rows(dv, s)) == n, what=f"{count} seeded {entity_set}")
         got = row(dv, entity_set, column, value)
         assert got is not None and got["msdyn_description"] == description
-    eventually(lambda: len(rows(dv, "msdyn_productdimensiongroups")) == 2, what="2 seeded dimension groups")
+    eventually(lambda: len(dv_rows(dv, "msdyn_productdimensiongroups")) == 2, what="2 seeded dimension groups")
     group = row(dv, "msdyn_productdimensiongroups", "msdyn_groupname", "ColSize")
     assert group is not None and group["msdyn_description"] == "Color and size"
     assert (group["msdyn_isproductcoloractive"], group["msdyn_isproductsizeactive"]) == (True, True)
@@ -121,7 +114,7 @@ def test_seeded_units_dimensions_and_groups_arrive_in_dataverse(stack: LocalStac
 
 
 def test_seeded_products_arrive_with_lookups(stack: LocalStack, dv: httpx.Client) -> None:
-    eventually(lambda: len(rows(dv, "products")) == 20, timeout_s=30, what="10 seeded products per company")
+    eventually(lambda: len(dv_rows(dv, "products")) == 20, timeout_s=30, what="10 seeded products per company")
     speaker = product(dv, "D0002")
     assert speaker is not None
     assert speaker["name"] == "High End Speaker" and speaker["msdyn_itemnumber"] == "D0002"
@@ -151,7 +144,9 @@ def test_seeded_products_arrive_with_lookups(stack: LocalStack, dv: httpx.Client
 
 def test_seeded_released_products_arrive_with_lookups(stack: LocalStack, dv: httpx.Client) -> None:
     eventually(
-        lambda: len(rows(dv, "msdyn_sharedproductdetails")) == 20, timeout_s=30, what="10 released products per company"
+        lambda: len(dv_rows(dv, "msdyn_sharedproductdetails")) == 20,
+        timeout_s=30,
+        what="10 released products per company",
     )
     cable = detail(dv, "D0006")
     assert cable is not None

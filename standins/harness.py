@@ -79,6 +79,12 @@ def dv_rows(dv: httpx.Client, entity_set: str, flt: str | None = None) -> list[d
     return value
 
 
+def dv_company_id(dv: httpx.Client, code: str = "usmf") -> str:
+    """The cdm_companyid of a legal entity in Dataverse, or "" while it is not there yet."""
+    found = dv_rows(dv, "cdm_companies", f"cdm_companycode eq '{code}'")
+    return str(found[0]["cdm_companyid"]) if found else ""
+
+
 def dv_one(dv: httpx.Client, entity_set: str, flt: str) -> dict[str, Any] | None:
     """The first row matching `flt`, or None."""
     found = dv_rows(dv, entity_set, flt)

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from standins.harness import LocalStack, eventually
+from standins.harness import LocalStack, dv_company_id, eventually
 
 pytestmark = pytest.mark.service
 
@@ -23,13 +23,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         s.stop()
 
 
-def company_id(dv: httpx.Client, code: str) -> str:
-    rows = dv.get("cdm_companies", params={"$filter": f"cdm_companycode eq '{code}'"}).json()["value"]
-    return str(rows[0]["cdm_companyid"]) if rows else ""
-
-
 def dv_row(dv: httpx.Client, entity_set: str, column: str, value: str, company: str = "usmf") -> dict[str, Any] | None:
-    cid = company_id(dv, company)
+    cid = dv_company_id(dv, company)
     if not cid:
         return None
     flt = f"{column} eq '{value}' and _msdyn_company_value eq {cid}"
@@ -111,7 +106,7 @@ def test_payment_terms_both_ways(stack: LocalStack, fo: httpx.Client, dv: httpx.
         what="Net60 update",
     )
     # Dataverse -> F&O: create, update, delete
-    cid = company_id(dv, "usmf")
+    cid = dv_company_id(dv, "usmf")
     resp = dv.post(
         "msdyn_paymentterms",
         json={"msdyn_name": "Net90", "msdyn_days": 90, "msdyn_company@odata.bind": f"/cdm_companies({cid})"},
@@ -185,7 +180,7 @@ def test_vendor_groups_and_vendors_from_fo(stack: LocalStack, fo: httpx.Client, 
 
 
 def test_vendors_from_dataverse(stack: LocalStack, fo: httpx.Client, dv: httpx.Client) -> None:
-    cid = company_id(dv, "usmf")
+    cid = dv_company_id(dv, "usmf")
     body = {
         "msdyn_vendoraccountnumber": "US-950",
         "msdyn_name": "Cloud Vendor Inc.",
@@ -241,7 +236,7 @@ def test_person_customers_and_contacts_both_ways(stack: LocalStack, fo: httpx.Cl
     assert dv_row(dv, "accounts", "accountnumber", "US-777") is None
 
     # Dataverse -> F&O: a sellable contact becomes a person customer.
-    cid = company_id(dv, "usmf")
+    cid = dv_company_id(dv, "usmf")
     body = {
         "msdyn_contactpersonid": "US-778",
         "firstname": "Grace",

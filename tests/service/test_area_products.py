@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from dualwrite import dlq, kafka
-from standins.harness import LocalStack, dv_rows, eventually
+from standins.harness import LocalStack, dv_company_id, dv_rows, eventually
 
 pytestmark = pytest.mark.service
 AREA_MAPS = (
@@ -37,18 +37,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         s.stop()
 
 
-def company_id(dv: httpx.Client, code: str) -> str:
-    found = dv_rows(dv, "cdm_companies", f"cdm_companycode eq '{code}'")
-    return str(found[0]["cdm_companyid"]) if found else ""
-
-
 def row(
     dv: httpx.Client, entity_set: str, column: str, value: str, company: str | None = None
 ) -> dict[str, Any] | None:
     """The Dataverse row whose alternate-key `column` is `value` (in `company` when given)."""
     flt = f"{column} eq '{value}'"
     if company is not None:
-        cid = company_id(dv, company)
+        cid = dv_company_id(dv, company)
         if not cid:
             return None
         flt += f" and _msdyn_company_value eq {cid}"
@@ -139,7 +134,7 @@ def test_seeded_products_arrive_with_lookups(stack: LocalStack, dv: httpx.Client
     assert service["producttypecode"] == 3 and service["quantitydecimal"] == 2 and float(service["price"]) == 87.4
     assert service["_transactioncurrencyid_value"] == guid(dv, "transactioncurrencies", "isocurrencycode", "EUR")
     assert service["_defaultuomid_value"] == guid(dv, "uoms", "msdyn_symbol", "h")
-    assert service["_msdyn_company_value"] == company_id(dv, "demf")
+    assert service["_msdyn_company_value"] == dv_company_id(dv, "demf")
 
 
 def test_seeded_released_products_arrive_with_lookups(stack: LocalStack, dv: httpx.Client) -> None:
@@ -310,7 +305,7 @@ def test_product_and_released_product_fo_create_update_delete_reach_dataverse(
     assert p["_defaultuomid_value"] == guid(dv, "uoms", "msdyn_symbol", "pcs")
     assert p["_msdyn_productcolor_value"] == guid(dv, "msdyn_productcolors", "msdyn_productcolorname", "Red")
     assert p["_msdyn_productsize_value"] == guid(dv, "msdyn_productsizes", "msdyn_productsize", "L")
-    assert p["_msdyn_company_value"] == company_id(dv, "usmf") and product(dv, "T-P1", "demf") is None
+    assert p["_msdyn_company_value"] == dv_company_id(dv, "usmf") and product(dv, "T-P1", "demf") is None
 
     d = eventually(lambda: detail(dv, "T-P1"), what="released product T-P1")
     assert d["_msdyn_globalproduct_value"] == p["productid"] and d["msdyn_iscatchweight"] is True
@@ -349,7 +344,7 @@ def test_product_and_released_product_fo_create_update_delete_reach_dataverse(
 
 
 def new_dv_account(dv: httpx.Client, number: str) -> None:
-    cid = company_id(dv, "usmf")
+    cid = dv_company_id(dv, "usmf")
     group = eventually(lambda: row(dv, "msdyn_customergroups", "msdyn_groupid", "10", "usmf"), what="customer group 10")
     body = {
         "accountnumber": number,

@@ -17,7 +17,7 @@ from consumers.loop import group_id
 from dualwrite import control, kafka
 from dualwrite.envelope import Side
 from dualwrite.tablemap import builtin_maps_dir
-from standins.harness import LocalStack, eventually
+from standins.harness import LocalStack, dv_company_id, eventually
 
 pytestmark = pytest.mark.service
 
@@ -40,13 +40,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         s.stop()
 
 
-def company_id(dv: httpx.Client, code: str = "usmf") -> str:
-    rows = dv.get("cdm_companies", params={"$filter": f"cdm_companycode eq '{code}'"}).json()["value"]
-    return str(rows[0]["cdm_companyid"]) if rows else ""
-
-
 def dv_row(dv: httpx.Client, entity_set: str, column: str, value: str) -> dict[str, Any] | None:
-    cid = company_id(dv)
+    cid = dv_company_id(dv)
     if not cid:
         return None
     rows = dv.get(entity_set, params={"$filter": f"{column} eq '{value}' and _msdyn_company_value eq {cid}"})

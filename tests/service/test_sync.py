@@ -16,7 +16,7 @@ from confluent_kafka import Producer
 
 from dualwrite import dlq, kafka
 from dualwrite.status import consumer_lag
-from standins.harness import LocalStack, eventually
+from standins.harness import LocalStack, dv_company_id, eventually
 
 pytestmark = pytest.mark.service
 
@@ -41,13 +41,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, strict_maps_dir: Path) -> It
         s.stop()
 
 
-def company_id(dv: httpx.Client, code: str) -> str:
-    rows = dv.get("cdm_companies", params={"$filter": f"cdm_companycode eq '{code}'"}).json()["value"]
-    return str(rows[0]["cdm_companyid"]) if rows else ""
-
-
 def account(dv: httpx.Client, number: str, company: str = "usmf") -> dict[str, Any] | None:
-    cid = company_id(dv, company)
+    cid = dv_company_id(dv, company)
     if not cid:
         return None
     resp = dv.get("accounts", params={"$filter": f"accountnumber eq '{number}' and _msdyn_company_value eq {cid}"})
@@ -75,7 +70,7 @@ def new_fo_customer(fo: httpx.Client, number: str, **fields: Any) -> None:
 
 
 def new_dv_account(dv: httpx.Client, number: str, **fields: Any) -> None:
-    cid = eventually(lambda: company_id(dv, "usmf"), what="company usmf in Dataverse")
+    cid = eventually(lambda: dv_company_id(dv, "usmf"), what="company usmf in Dataverse")
     group = dv.get(
         "msdyn_customergroups", params={"$filter": f"msdyn_groupid eq '10' and _msdyn_company_value eq {cid}"}
     ).json()["value"][0]
@@ -104,7 +99,7 @@ def dead_lettered(stack: LocalStack, topic: str, key: str) -> list[dlq.DeadLette
 
 
 def test_seeded_fo_data_arrives_in_dataverse_in_dependency_order(stack: LocalStack, dv: httpx.Client) -> None:
-    eventually(lambda: company_id(dv, "usmf") and company_id(dv, "demf"), what="both companies")
+    eventually(lambda: dv_company_id(dv, "usmf") and dv_company_id(dv, "demf"), what="both companies")
     groups = eventually(
         lambda: len(dv.get("msdyn_customergroups").json()["value"]) >= 10 or None, what="customer groups"
     )
@@ -222,7 +217,7 @@ def test_poison_bytes_go_to_dlq(stack: LocalStack, fo: httpx.Client, dv: httpx.C
 
 
 def test_missing_reference_is_retried_until_it_arrives(stack: LocalStack, fo: httpx.Client, dv: httpx.Client) -> None:
-    cid = eventually(lambda: company_id(dv, "usmf"))
+    cid = eventually(lambda: dv_company_id(dv, "usmf"))
     # A new group and an account in it, created together in Dataverse: the account may reach F&O first.
     resp = dv.post(
         "msdyn_customergroups",
@@ -296,7 +291,7 @@ def _cli(stack: LocalStack, tmp_path: Path, *args: str) -> subprocess.CompletedP
 def test_dead_letter_is_listed_and_replayed_once_the_cause_is_fixed(
     stack: LocalStack, fo: httpx.Client, dv: httpx.Client, tmp_path: Path
 ) -> None:
-    cid = eventually(lambda: company_id(dv, "usmf"))
+    cid = eventually(lambda: dv_company_id(dv, "usmf"))
     # A group F&O refuses (description over F&O's 60 characters), then an account in that group.
     resp = dv.post(
         "msdyn_customergroups",

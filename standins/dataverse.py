@@ -9,6 +9,7 @@ import re
 import time
 from collections import defaultdict, deque
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -18,7 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from standins import areas, seed
+from schemas.catalogue import Entity, Field, load_catalogue
+from standins import csdl, seed
+from standins.definitions import EntityDefinitions
 from standins.odata import (
     Column,
     ODataError,
@@ -41,124 +44,30 @@ from standins.odata import (
     split_resource_path,
     to_starlette,
 )
-from standins.store import DuplicateKeyError, EntityDef, Field, FieldError, Row, Store, Tombstone, normalise, to_json
+from standins.store import (
+    SYSTEM_USER,
+    DuplicateKeyError,
+    FieldError,
+    Row,
+    Store,
+    Tombstone,
+    column,
+    normalise,
+    to_json,
+)
 from standins.token import DEFAULT_SIGNING_KEY, identity_from_header
 
 log = logging.getLogger(__name__)
 BASE_PATH = "/api/data/v9.2/"
 MAX_PAGE_SIZE = 5000
-STATECODE = Field("statecode", "choice", values=(0, 1), default=0)
-
-
-def _pk(name: str) -> Field:
-    return Field(name, "guid")
-
-
-COMPANIES = EntityDef(
-    name="cdm_companies",
-    key=("cdm_companyid",),
-    fields=(
-        _pk("cdm_companyid"),
-        Field("cdm_companycode", max_length=10, required=True),
-        Field("cdm_name", max_length=100),
-        STATECODE,
-    ),
-    alternate_keys=(("cdm_companycode",),),
-    logical_name="cdm_company",
-)
-
-TRANSACTION_CURRENCIES = EntityDef(
-    name="transactioncurrencies",
-    key=("transactioncurrencyid",),
-    fields=(
-        _pk("transactioncurrencyid"),
-        Field("isocurrencycode", max_length=5, required=True),
-        Field("currencyname", max_length=100, required=True),
-        Field("currencysymbol", max_length=10),
-        Field("exchangerate", "decimal"),  # to the org's base currency; dual-write creates with 1
-        Field("currencyprecision", "int"),
-        STATECODE,
-    ),
-    alternate_keys=(("isocurrencycode",),),
-    logical_name="transactioncurrency",
-)
-
-CUSTOMER_GROUPS = EntityDef(
-    name="msdyn_customergroups",
-    key=("msdyn_customergroupid",),
-    fields=(
-        _pk("msdyn_customergroupid"),
-        Field("msdyn_groupid", max_length=10, required=True),
-        Field("msdyn_description", max_length=100),
-        Field("msdyn_issalestaxincludedinprice", "bool", default=False),
-        Field("msdyn_company", "lookup", target="cdm_companies"),
-        STATECODE,
-    ),
-    alternate_keys=(("msdyn_groupid", "msdyn_company"),),
-    logical_name="msdyn_customergroup",
-)
-
-
-def _address(n: int) -> tuple[Field, ...]:
-    return (
-        Field(f"address{n}_line1", max_length=250),
-        Field(f"address{n}_city", max_length=80),
-        Field(f"address{n}_stateorprovince", max_length=50),
-        Field(f"address{n}_county", max_length=50),
-        Field(f"address{n}_postalcode", max_length=20),
-        Field(f"address{n}_country", max_length=80),
-        Field(f"address{n}_latitude", "decimal"),
-        Field(f"address{n}_longitude", "decimal"),
-    )
-
-
-ACCOUNTS = EntityDef(
-    name="accounts",
-    key=("accountid",),
-    fields=(
-        _pk("accountid"),
-        Field("name", max_length=160),
-        Field("accountnumber", max_length=20),
-        Field("msdyn_company", "lookup", target="cdm_companies"),
-        Field("msdyn_customergroupid", "lookup", target="msdyn_customergroups"),
-        Field("transactioncurrencyid", "lookup", target="transactioncurrencies"),
-        Field("msdyn_billingaccount", "lookup", target="accounts"),
-        Field("msdyn_paymentterm", "lookup", target="msdyn_paymentterms"),
-        Field("msdyn_customerpaymentmethod", "lookup", target="msdyn_customerpaymentmethods"),
-        Field("msdyn_vendor", "lookup", target="msdyn_vendors"),
-        Field("primarycontactid", "lookup", target="contacts"),
-        Field("creditlimit", "decimal"),
-        Field("msdyn_creditlimitismandatory", "bool", default=False),
-        Field("msdyn_creditrating", max_length=100),
-        Field("msdyn_onholdstatus", "choice", values=tuple(range(192350000, 192350006))),
-        Field("msdyn_onetimecustomer", "bool", default=False),
-        Field("msdyn_partynumber", max_length=40),
-        Field("numberofemployees", "int"),
-        Field("emailaddress1", max_length=100),
-        Field("telephone1", max_length=50),
-        Field("fax", max_length=50),
-        Field("websiteurl", max_length=200),
-        Field("primarytwitterid", max_length=128),
-        Field("description", max_length=2000),
-        Field("msdyn_taxexemptnumber", max_length=100),
-        Field("msdyn_identificationnumber", max_length=100),
-        *_address(1),
-        *_address(2),
-        Field("address1_addresstypecode", "choice", values=(1, 2, 3, 4)),
-        Field("customertypecode", "choice", values=tuple(range(1, 13))),
-        STATECODE,
-    ),
-    alternate_keys=(("accountnumber", "msdyn_company"),),
-    logical_name="account",
-)
-
-ENTITIES: tuple[EntityDef, ...] = (
-    COMPANIES,
-    TRANSACTION_CURRENCIES,
-    CUSTOMER_GROUPS,
-    ACCOUNTS,
-    *areas.dataverse_entities(),
-)
+# The built-in accounts table, for tests and benchmarks that use a Store directly.
+ACCOUNTS = load_catalogue().entity("dataverse", "accounts")
+# The bulk operation messages, bound to an entity set's collection (docs: "Use bulk operation messages").
+BULK_ACTIONS = {
+    "Microsoft.Dynamics.CRM.CreateMultiple": "create",
+    "Microsoft.Dynamics.CRM.UpdateMultiple": "update",
+    "Microsoft.Dynamics.CRM.UpsertMultiple": "upsert",
+}
 
 
 class Settings(pydantic.BaseModel):
@@ -174,6 +83,10 @@ class Settings(pydantic.BaseModel):
     window_s: float = 300
     max_concurrent: int = 52
     latency_s: float = 0.0
+    catalogue_dir: str | None = None  # the entity catalogue; None: the built-in schemas/entities
+
+
+INVALID_ARG = "0x80040203"  # Dataverse's InvalidArgument
 
 
 def error_body(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> ODataResponse:
@@ -184,7 +97,7 @@ class DataverseError(ODataError):
     """An error with a Dataverse error code."""
 
 
-def not_found(entity: EntityDef, ids: str) -> DataverseError:
+def not_found(entity: Entity, ids: str) -> DataverseError:
     return DataverseError(404, f"{entity.logical_name} With Ids = {ids} Does Not Exist", "0x80040217")
 
 
@@ -200,6 +113,11 @@ _SYSTEM_COLUMNS = (
     Column("versionnumber", '"__version"', "int"),
 )
 _COOKIE = re.compile(r'(\w+)="([^"]*)"')
+# ExpiredVersionStamp: what Dataverse answers for a change-tracking version (delta token) it no longer keeps or
+# cannot accurately track from (docs: "Query schema definitions", Manage expired cache; the SDK's
+# RetrieveEntityChanges fails with the same ErrorCode, -2147204270).
+EXPIRED_TOKEN_CODE = "0x80044352"
+EXPIRED_TOKEN_MESSAGE = "Version stamp associated with the client has expired. Please perform a full sync."
 _TOKEN_TIME = "%m/%d/%Y %H:%M:%S"
 
 
@@ -255,6 +173,13 @@ class Dataverse:
         self.settings = settings
         self.store = store
         self.stats = stats
+        self.definitions = EntityDefinitions(list(store.entities.values()))
+        self.tokens_expired_at = 0.0  # delta tokens issued at or before this time are refused (stand-in switch)
+        # Row versions written by /_standin/raw-write: change tracking does not show them (drift it never saw).
+        store.execute(
+            "CREATE TABLE IF NOT EXISTS __untracked (entity TEXT NOT NULL, id TEXT NOT NULL COLLATE NOCASE,"
+            " version INTEGER NOT NULL)"
+        )
 
     # entry point ---------------------------------------------------------------------------
     def handle(self, req: ODataRequest) -> ODataResponse:
@@ -270,7 +195,7 @@ class Dataverse:
             log.exception("Dataverse stand-in failed on %s %s", req.method, req.path)
             return error_body(500, "0x80040216", "An unexpected error occurred in the Dataverse stand-in.")
 
-    def entity(self, name: str) -> EntityDef:
+    def entity(self, name: str) -> Entity:
         entity = self.store.entity(name)
         if entity is None or entity.name != name:  # entity set names are case-sensitive
             raise DataverseError(404, f"Resource not found for the segment '{name}'.", "0x8006088a")
@@ -297,8 +222,18 @@ class Dataverse:
             if req.method != "POST":
                 raise DataverseError(405, "A $batch request is a POST.", "0x80060888")
             return self.batch(req)
+        if path == "$metadata":
+            if req.method != "GET":
+                raise DataverseError(405, "$metadata is read with GET.", "0x80060888")
+            return csdl.xml_response(csdl.dataverse_metadata(list(self.store.entities.values())))
         name, key_text, rest = split_resource_path(path)
+        if name == "EntityDefinitions":
+            return self.definitions.handle(req, key_text, rest)
         entity = self.entity(name)
+        if rest and key_text is None and rest in BULK_ACTIONS:
+            if req.method != "POST":
+                raise DataverseError(405, f"The action '{rest}' is invoked with POST.", "0x80060888")
+            return self.bulk(req, entity, BULK_ACTIONS[rest])
         if rest:
             raise DataverseError(404, f"Resource not found for the segment '{rest}'.", "0x8006088a")
         if req.method in Stats.WRITES:
@@ -319,7 +254,7 @@ class Dataverse:
         raise DataverseError(405, f"The HTTP method '{req.method}' is not allowed on this resource.", "0x80060888")
 
     def field_error(self, req: ODataRequest, exc: FieldError) -> ODataResponse:
-        name = req.path.split("(")[0].strip("/")
+        name = req.path.strip("/").split("(")[0].split("/")[0]
         entity = self.store.entity(name)
         logical = entity.logical_name if entity else name
         if exc.kind == "unknown":
@@ -360,12 +295,12 @@ class Dataverse:
         )
 
     # helpers -------------------------------------------------------------------------------
-    def columns(self, entity: EntityDef) -> dict[str, Column]:
-        out = {attribute(f): Column(attribute(f), entity.column(f.name), f.type, f.values) for f in entity.fields}
+    def columns(self, entity: Entity) -> dict[str, Column]:
+        out = {attribute(f): Column(attribute(f), column(entity, f.name), f.type, f.values) for f in entity.fields}
         out.update({c.name: c for c in _SYSTEM_COLUMNS})
         return out
 
-    def resolver(self, entity: EntityDef) -> Any:
+    def resolver(self, entity: Entity) -> Any:
         columns = self.columns(entity)
 
         def resolve(name: str) -> Column:
@@ -377,7 +312,7 @@ class Dataverse:
 
         return resolve
 
-    def key_values(self, entity: EntityDef, key_text: str) -> dict[str, Any]:
+    def key_values(self, entity: Entity, key_text: str) -> dict[str, Any]:
         """The stored values of a key segment: the primary key or one alternate key."""
         parsed = parse_key(key_text)
         if None in parsed:
@@ -400,24 +335,24 @@ class Dataverse:
             )
         return values
 
-    def describe_key(self, entity: EntityDef, key: dict[str, Any]) -> str:
+    def describe_key(self, entity: Entity, key: dict[str, Any]) -> str:
         guid_key = entity.guid_key
         if guid_key is not None and list(key) == [guid_key]:
             return str(key[guid_key])
         return ",".join(f"{k}:{v}" for k, v in key.items())
 
-    def lookup_row(self, entity: EntityDef, key: dict[str, Any]) -> Row | None:
+    def lookup_row(self, entity: Entity, key: dict[str, Any]) -> Row | None:
         if list(key) == [entity.guid_key]:
             return self.store.get_by_id(entity, key[entity.key[0]])
         return self.store.get(entity, key)
 
-    def find(self, entity: EntityDef, key: dict[str, Any]) -> Row:
+    def find(self, entity: Entity, key: dict[str, Any]) -> Row:
         row = self.lookup_row(entity, key)
         if row is None:
             raise not_found(entity, self.describe_key(entity, key))
         return row
 
-    def resolve_bind(self, req: ODataRequest, entity: EntityDef, f: Field, value: Any) -> str | None:
+    def resolve_bind(self, req: ODataRequest, entity: Entity, f: Field, value: Any) -> str | None:
         """The row id a `<navprop>@odata.bind` names (a pk or alternate-key URL, relative or absolute)."""
         if value is None:
             return None
@@ -435,9 +370,13 @@ class Dataverse:
         key = self.key_values(target, key_text)
         return self.find(target, key).id
 
-    def read_body(self, req: ODataRequest, entity: EntityDef) -> dict[str, Any]:
+    def read_body(self, req: ODataRequest, entity: Entity) -> dict[str, Any]:
+        return self.read_values(req, entity, req.json())
+
+    def read_values(self, req: ODataRequest, entity: Entity, data: dict[str, Any]) -> dict[str, Any]:
+        """The stored values of a record's JSON: its columns and `<navprop>@odata.bind` lookups."""
         values: dict[str, Any] = {}
-        for name, value in req.json().items():
+        for name, value in data.items():
             if name.endswith("@odata.bind"):
                 f = entity.field(name[: -len("@odata.bind")])
                 if f is None or f.type != "lookup" or f.name != name[: -len("@odata.bind")]:
@@ -452,10 +391,10 @@ class Dataverse:
             values[f.name] = normalise(f, value)
         return values
 
-    def entity_url(self, req: ODataRequest, entity: EntityDef, row: Row) -> str:
+    def entity_url(self, req: ODataRequest, entity: Entity, row: Row) -> str:
         return f"{req.service_root}{entity.name}({row.id})"
 
-    def render(self, entity: EntityDef, row: Row, select: list[str] | None, annotate: bool = False) -> dict[str, Any]:
+    def render(self, entity: Entity, row: Row, select: list[str] | None, annotate: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {"@odata.etag": etag(row.version)}
         for f in entity.fields:
             name = attribute(f)
@@ -477,14 +416,14 @@ class Dataverse:
                 out[name] = value
         return out
 
-    def select_of(self, req: ODataRequest, entity: EntityDef) -> list[str] | None:
+    def select_of(self, req: ODataRequest, entity: Entity) -> list[str] | None:
         text = req.query.get("$select", "").strip()
         if not text:
             return None
         resolve = self.resolver(entity)
         return [resolve(n).name for n in parse_select(text)]
 
-    def context(self, req: ODataRequest, entity: EntityDef, select: list[str] | None, suffix: str = "") -> str:
+    def context(self, req: ODataRequest, entity: Entity, select: list[str] | None, suffix: str = "") -> str:
         sel = f"({','.join(select)})" if select else ""
         return f"{req.service_root}$metadata#{entity.name}{sel}{suffix}"
 
@@ -530,7 +469,7 @@ class Dataverse:
             raise QueryError(f"The $skiptoken '{text}' is not valid.") from None
 
     # reads ---------------------------------------------------------------------------------
-    def read_set(self, req: ODataRequest, entity: EntityDef) -> ODataResponse:
+    def read_set(self, req: ODataRequest, entity: Entity) -> ODataResponse:
         for name in req.query:
             if name == "$skip":
                 raise QueryError("The query parameter $skip is not supported.")
@@ -580,7 +519,7 @@ class Dataverse:
             body["@odata.nextLink"] = req.url(skiptoken=token)
         return json_response(200, body, {"Preference-Applied": applied} if applied else None)
 
-    def read_one(self, req: ODataRequest, entity: EntityDef, key: dict[str, Any]) -> ODataResponse:
+    def read_one(self, req: ODataRequest, entity: Entity, key: dict[str, Any]) -> ODataResponse:
         for name in req.query:
             if name.startswith("$") and name != "$select":
                 raise QueryError(f"The query parameter {name} is not supported on a single record.")
@@ -606,7 +545,7 @@ class Dataverse:
         except ValueError:
             raise QueryError(f"The $deltatoken '{token}' is not a valid change tracking token.") from None
 
-    def track_changes(self, req: ODataRequest, entity: EntityDef) -> ODataResponse:
+    def track_changes(self, req: ODataRequest, entity: Entity) -> ODataResponse:
         refused = [n for n in ("$filter", "$orderby", "$expand", "$top") if n in req.query]
         if refused:
             raise QueryError(
@@ -621,23 +560,20 @@ class Dataverse:
         body: dict[str, Any] = {}
         if "$deltatoken" in req.query:
             since, issued = self.read_delta_token(req.query["$deltatoken"])
-            if time.time() - issued > self.settings.delta_token_ttl_s:
-                raise DataverseError(
-                    400,
-                    "Version token expired: the change tracking token is older than the "
-                    "retention period; read all rows again with Prefer: odata.track-changes.",
-                    "0x80044352",
-                )
+            if time.time() - issued > self.settings.delta_token_ttl_s or issued <= self.tokens_expired_at:
+                raise DataverseError(400, EXPIRED_TOKEN_MESSAGE, EXPIRED_TOKEN_CODE)
             upto = cookie.get("snapshot", self.store.current_version())
             after = cookie.get("lastversion", since)
             changes = self.store.changes(entity, after, upto, page + 1)
             body["@odata.context"] = self.context(req, entity, select, "/$delta")
             deleted_ctx = f"{req.service_root}$metadata#{entity.name}/$deletedEntity"
+            hidden = self.untracked(entity, after, upto)
             body["value"] = [
                 {"@odata.context": deleted_ctx, "id": c.id, "reason": "deleted"}
                 if isinstance(c, Tombstone)
                 else self.render(entity, c, select)
                 for c in changes[:page]
+                if (c.id.lower(), c.version) not in hidden
             ]
             if len(changes) > page:
                 token = self.cookie(
@@ -672,8 +608,53 @@ class Dataverse:
             body["@odata.deltaLink"] = req.url(deltatoken=self.delta_token(snapshot, issued), skiptoken=None)
         return json_response(200, body, headers)
 
+    # stand-in only: delta tokens expired on demand, drift change tracking never shows -------------
+    def expire_delta_tokens(self) -> dict[str, Any]:
+        """Refuse every delta token issued until now, as Dataverse does when it cannot track from them any more."""
+        self.tokens_expired_at = time.time()
+        return {"expired_before": datetime.fromtimestamp(self.tokens_expired_at, UTC).isoformat()}
+
+    def raw_write(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Drift written straight into the database: `op` update (the default: `values` of the row `id`; the
+        version moves, modifiedon and modifiedby stay), insert (`values`; lookups as GUIDs) or delete (`id`).
+        Change tracking never shows the write."""
+        entity = self.entity(str(body.get("entity_set", "")))
+        op = body.get("op", "update")
+        values = {}
+        for name, value in dict(body.get("values") or {}).items():
+            f = entity.field(name)
+            if f is None or f.name != name:
+                raise FieldError("unknown", name)
+            values[f.name] = normalise(f, value)
+        if op == "insert":
+            row = self.store.insert(entity, values, SYSTEM_USER)
+            return self._untrack(entity, row.id, row.version)
+        row = self.find(entity, {entity.key[0]: str(body.get("id", "")).lower()})
+        if op == "delete":
+            return self._untrack(entity, row.id, self.store.delete(entity, row, row.modified_by))
+        if op != "update":
+            raise QueryError(f"op {op!r}: update, insert or delete")
+        with self.store.savepoint():
+            after = self.store.update(entity, row, values, row.modified_by)
+            self.store.execute(
+                f'UPDATE "{entity.name}" SET "__modified_on" = ? WHERE "__rowid" = ?', [row.modified_on, row.rowid]
+            )
+        return self._untrack(entity, row.id, after.version)
+
+    def _untrack(self, entity: Entity, row_id: str, version: int) -> dict[str, Any]:
+        self.store.execute("INSERT INTO __untracked VALUES (?, ?, ?)", [entity.name, row_id, version])
+        return {"id": row_id, "version": version}
+
+    def untracked(self, entity: Entity, after: int, upto: int) -> set[tuple[str, int]]:
+        """(row id, version) of the raw writes in a delta's version range."""
+        found = self.store.execute(
+            "SELECT id, version FROM __untracked WHERE entity = ? AND version > ? AND version <= ?",
+            [entity.name, after, upto],
+        )
+        return {(str(r["id"]).lower(), int(r["version"])) for r in found}
+
     # writes --------------------------------------------------------------------------------
-    def written(self, req: ODataRequest, entity: EntityDef, row: Row, created: bool) -> ODataResponse:
+    def written(self, req: ODataRequest, entity: Entity, row: Row, created: bool) -> ODataResponse:
         url = self.entity_url(req, entity, row)
         headers = {"OData-EntityId": url, "OData-Version": "4.0", "ETag": etag(row.version)}
         if parse_prefer(req.headers).get("return") == "representation":
@@ -687,7 +668,7 @@ class Dataverse:
             )
         return ODataResponse(204, headers)
 
-    def insert(self, req: ODataRequest, entity: EntityDef, values: dict[str, Any]) -> Row:
+    def insert(self, req: ODataRequest, entity: Entity, values: dict[str, Any]) -> Row:
         pk = entity.guid_key
         if pk and values.get(pk) and self.store.get_by_id(entity, values[pk]) is not None:
             raise duplicate()
@@ -696,21 +677,17 @@ class Dataverse:
         except DuplicateKeyError:
             raise duplicate() from None
 
-    def create(self, req: ODataRequest, entity: EntityDef) -> ODataResponse:
+    def create(self, req: ODataRequest, entity: Entity) -> ODataResponse:
         values = self.read_body(req, entity)
         row = self.insert(req, entity, values)
         return self.written(req, entity, row, created=True)
 
-    def upsert(self, req: ODataRequest, entity: EntityDef, key: dict[str, Any]) -> ODataResponse:
+    def upsert(self, req: ODataRequest, entity: Entity, key: dict[str, Any]) -> ODataResponse:
         row = self.lookup_row(entity, key)
         self.preconditions(req, row)
         values = self.read_body(req, entity)
         if row is None:
-            for name, value in key.items():  # a lookup in an alternate key must name an existing row
-                f = entity.field(name)
-                target = self.store.entity(f.target or "") if f is not None and f.type == "lookup" else None
-                if target is not None and value is not None:
-                    self.find(target, {target.key[0]: value})
+            self.check_key_lookups(entity, key)
             created = self.insert(req, entity, {**values, **key})  # the key in the URL wins over the body
             return self.written(req, entity, created, created=True)
         values.pop(entity.guid_key or "", None)
@@ -720,12 +697,99 @@ class Dataverse:
             raise duplicate() from None
         return self.written(req, entity, after, created=False)
 
-    def delete(self, req: ODataRequest, entity: EntityDef, key: dict[str, Any]) -> ODataResponse:
+    def delete(self, req: ODataRequest, entity: Entity, key: dict[str, Any]) -> ODataResponse:
         row = self.lookup_row(entity, key)
         self.preconditions(req, row)
         row = self.find(entity, key)
         self.store.delete(entity, row, req.caller.object_id)
         return ODataResponse(204, {"OData-Version": "4.0"})
+
+    # bulk operation messages -----------------------------------------------------------------
+    def bulk(self, req: ODataRequest, entity: Entity, action: str) -> ODataResponse:
+        """CreateMultiple / UpdateMultiple / UpsertMultiple: the records of `Targets` in one transaction;
+        the first failing record fails the call and nothing of it is kept (standard tables)."""
+        targets = req.json().get("Targets")
+        if not isinstance(targets, list) or not targets:
+            raise DataverseError(400, "The parameter 'Targets' must be a non-empty collection of records.", INVALID_ARG)
+        method = "POST" if action == "create" else "PATCH"
+        for _ in targets:  # one request, a write per record (as inside a $batch)
+            self.stats.count_write(req.caller.client_id, method)
+        odata_type = f"Microsoft.Dynamics.CRM.{entity.logical_name}"
+        ids: list[str] = []
+        seen: set[str] = set()
+        with self.store.savepoint():
+            for i, target in enumerate(targets):
+                if not isinstance(target, dict):
+                    raise DataverseError(400, f"Targets[{i}] is not a record.", INVALID_ARG)
+                if target.get("@odata.type") != odata_type:
+                    raise DataverseError(
+                        400,
+                        f'Targets[{i}]: every record needs the annotation "@odata.type": "{odata_type}" '
+                        f"(got {target.get('@odata.type')!r}).",
+                        INVALID_ARG,
+                    )
+                row = self.bulk_one(req, entity, action, target)
+                if action != "create" and row.id in seen:
+                    raise DataverseError(
+                        400, f"Targets[{i}]: the record {row.id} appears more than once in Targets.", INVALID_ARG
+                    )
+                seen.add(row.id)
+                ids.append(row.id)
+        if action == "create":
+            context = f"{req.service_root}$metadata#Microsoft.Dynamics.CRM.CreateMultipleResponse"
+            return json_response(200, {"@odata.context": context, "Ids": ids})
+        return ODataResponse(204, {"OData-Version": "4.0"})
+
+    def bulk_one(self, req: ODataRequest, entity: Entity, action: str, target: dict[str, Any]) -> Row:
+        """One record of a bulk message: named by `@odata.id` (a key URL) or by its primary key in the body."""
+        values = self.read_values(req, entity, target)
+        key: dict[str, Any] = {}
+        ref = target.get("@odata.id")
+        if ref is not None:
+            if action == "create":
+                raise DataverseError(400, "CreateMultiple records are not named by '@odata.id'.", INVALID_ARG)
+            key = self.reference_key(entity, ref)
+        elif entity.guid_key and values.get(entity.guid_key):
+            key = {entity.guid_key: values[entity.guid_key]}
+        if action == "create":
+            return self.insert(req, entity, values)
+        if not key:
+            raise DataverseError(
+                400,
+                f"A record of UpdateMultiple or UpsertMultiple names its row by '@odata.id' or '{entity.guid_key}'.",
+                INVALID_ARG,
+            )
+        row = self.lookup_row(entity, key)
+        if row is None:
+            if action == "update":
+                raise not_found(entity, self.describe_key(entity, key))
+            self.check_key_lookups(entity, key)
+            return self.insert(req, entity, {**values, **key})
+        values.pop(entity.guid_key or "", None)
+        try:
+            return self.store.update(entity, row, values, req.caller.object_id)
+        except DuplicateKeyError:
+            raise duplicate() from None
+
+    def reference_key(self, entity: Entity, ref: Any) -> dict[str, Any]:
+        """The key of an `@odata.id` (`accounts(<guid>)` or an alternate-key URL, relative or absolute)."""
+        if not isinstance(ref, str):
+            raise DataverseError(400, f"'@odata.id' must be a URL, not {ref!r}.", INVALID_ARG)
+        path = unquote(urlsplit(ref).path)
+        if path.startswith(BASE_PATH):
+            path = path[len(BASE_PATH) :]
+        name, key_text, rest = split_resource_path(path)
+        if name != entity.name or key_text is None or rest:
+            raise DataverseError(400, f"'@odata.id' {ref!r} does not name a row of '{entity.name}'.", INVALID_ARG)
+        return self.key_values(entity, key_text)
+
+    def check_key_lookups(self, entity: Entity, key: dict[str, Any]) -> None:
+        """A lookup in an alternate key must name an existing row before a row is created with it."""
+        for name, value in key.items():
+            f = entity.field(name)
+            target = self.store.entity(f.target or "") if f is not None and f.type == "lookup" else None
+            if target is not None and value is not None:
+                self.find(target, {target.key[0]: value})
 
     # $batch --------------------------------------------------------------------------------
     def batch(self, req: ODataRequest) -> ODataResponse:
@@ -746,7 +810,8 @@ class Dataverse:
 
 def create_app(settings: Settings) -> Starlette:
     """The Dataverse stand-in as an ASGI app."""
-    store = Store(settings.db_path, ENTITIES)
+    catalogue = load_catalogue(Path(settings.catalogue_dir) if settings.catalogue_dir else None)
+    store = Store(settings.db_path, catalogue.entities("dataverse"))
     if settings.seed:
         seed.seed_dataverse(store)
     stats = Stats()
@@ -765,6 +830,7 @@ def create_app(settings: Settings) -> Starlette:
                     {"WWW-Authenticate": 'Bearer error="invalid_token"'},
                 )
             )
+        stats.by_caller[identity.client_id] += 1
         denied = protection.admit(identity.object_id)
         if denied is not None:
             stats.throttled[identity.client_id] += 1
@@ -780,10 +846,30 @@ def create_app(settings: Settings) -> Starlette:
     async def stats_endpoint(request: Request) -> Response:
         return JSONResponse(stats.as_json())
 
+    async def expire_endpoint(request: Request) -> Response:
+        return JSONResponse(service.expire_delta_tokens())
+
+    async def raw_write_endpoint(request: Request) -> Response:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise QueryError("a JSON object")
+            return JSONResponse(service.raw_write(body))
+        except FieldError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        except DuplicateKeyError as exc:
+            return JSONResponse({"error": f"duplicate key: {exc}"}, status_code=412)
+        except ODataError as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        except ValueError as exc:
+            return JSONResponse({"error": f"not JSON: {exc}"}, status_code=400)
+
     methods = ["GET", "POST", "PATCH", "PUT", "DELETE"]
     app = Starlette(
         routes=[
             Route("/_standin/stats", stats_endpoint, methods=["GET"]),
+            Route("/_standin/expire-delta-tokens", expire_endpoint, methods=["POST"]),
+            Route("/_standin/raw-write", raw_write_endpoint, methods=["POST"]),
             Route("/api/data/v9.2", api, methods=methods),
             Route("/api/data/v9.2/{path:path}", api, methods=methods),
         ]

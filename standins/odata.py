@@ -517,6 +517,7 @@ class Stats:
 
     def __init__(self) -> None:
         self.requests = 0
+        self.by_caller: dict[str, int] = defaultdict(int)  # requests per caller (client id), 429s included
         self.writes: dict[str, dict[str, int]] = defaultdict(lambda: {"POST": 0, "PATCH": 0, "DELETE": 0})
         self.throttled: dict[str, int] = defaultdict(int)  # 429s answered, per caller
 
@@ -529,6 +530,7 @@ class Stats:
         return {
             "writes": {k: dict(v) for k, v in self.writes.items()},
             "requests": self.requests,
+            "requests_by": dict(self.by_caller),
             "throttled": dict(self.throttled),
         }
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from schemas.catalogue import Field
 from standins import areas
-from standins.store import SYSTEM_USER, EntityDef, Field, Store
+from standins.store import SYSTEM_USER, Store
 
 SEED_TIME = "2026-01-05T08:00:00Z"
 _ID_NAMESPACE = uuid.UUID("0b6a1f0e-3c4d-4e5f-8a9b-1c2d3e4f5a6b")
@@ -155,62 +156,53 @@ def _customer(company: str, n: int) -> dict[str, Any]:
     return values
 
 
+def _fo_rows() -> Iterator[tuple[str, dict[str, Any]]]:
+    for company, name in LEGAL_ENTITIES:
+        yield "LegalEntities", {"LegalEntityId": company, "Name": name}
+        for group_id, description in CUSTOMER_GROUPS:
+            yield (
+                "CustomerGroups",
+                {
+                    "dataAreaId": company,
+                    "CustomerGroupId": group_id,
+                    "Description": description,
+                    "IsSalesTaxIncludedInPrice": "No",
+                },
+            )
+        for n in range(1, 26):
+            yield "CustomersV3", _customer(company, n)
+    yield from areas.fo_seed()
+
+
+def _dataverse_rows() -> Iterator[tuple[str, dict[str, Any]]]:
+    for code, name, symbol in TRANSACTION_CURRENCIES:
+        yield "transactioncurrencies", {"isocurrencycode": code, "currencyname": name, "currencysymbol": symbol}
+    yield from areas.dataverse_seed()
+
+
+def _seed(store: Store, rows: Iterable[tuple[str, dict[str, Any]]], fill: Callable[[Field], Any] | None = None) -> None:
+    """Insert the rows of every set the store declares (a catalogue may leave some out); a used store is left as is."""
+    if store.current_version():
+        return
+    with store.savepoint():
+        for entity_set, values in rows:
+            entity = store.entity(entity_set)
+            if entity is None:
+                continue
+            if fill is not None:  # else the store applies the defaults of unset fields
+                values = {**values, **{f.name: fill(f) for f in entity.fields if f.name not in values}}
+            names = entity.key if entity.guid_key is None or not entity.alternate_keys else entity.alternate_keys[0]
+            row_id = seed_id(entity.name, *(str(values[k]) for k in names))
+            store.insert(entity, values, SYSTEM_USER, row_id, now=SEED_TIME)
+
+
 def seed_fo(store: Store, empty_value: Callable[[Field], Any] = lambda f: None) -> None:
-    """Legal entities, customer groups and 25 organization customers per company (idempotent).
+    """Legal entities, customer groups, 25 organization customers per company and the areas' rows.
 
     `empty_value` gives the value of a field the data leaves unset (F&O has no NULLs)."""
-    legal, groups, customers = (store.entity(n) for n in ("LegalEntities", "CustomerGroups", "CustomersV3"))
-    assert legal is not None and groups is not None and customers is not None
-    if store.count(legal):
-        return
-
-    def insert(entity: EntityDef, values: dict[str, Any], *id_parts: str) -> None:
-        values.update({f.name: empty_value(f) for f in entity.fields if f.name not in values})
-        store.insert(entity, values, SYSTEM_USER, seed_id(entity.name, *id_parts), now=SEED_TIME)
-
-    with store.savepoint():
-        for company, name in LEGAL_ENTITIES:
-            insert(legal, {"LegalEntityId": company, "Name": name}, company)
-            for group_id, description in CUSTOMER_GROUPS:
-                insert(
-                    groups,
-                    {
-                        "dataAreaId": company,
-                        "CustomerGroupId": group_id,
-                        "Description": description,
-                        "IsSalesTaxIncludedInPrice": "No",
-                    },
-                    company,
-                    group_id,
-                )
-            for n in range(1, 26):
-                values = _customer(company, n)
-                insert(customers, values, company, values["CustomerAccount"])
-        for entity_set, values in areas.fo_seed():
-            entity = store.entity(entity_set)
-            assert entity is not None, entity_set
-            insert(entity, values, *(str(values[k]) for k in entity.key))
+    _seed(store, _fo_rows(), empty_value)
 
 
 def seed_dataverse(store: Store) -> None:
-    """Reference data every org has: a few transaction currencies (idempotent)."""
-    currencies = store.entity("transactioncurrencies")
-    assert currencies is not None
-    if store.count(currencies):
-        return
-    with store.savepoint():
-        for code, name, symbol in TRANSACTION_CURRENCIES:
-            store.insert(
-                currencies,
-                {"isocurrencycode": code, "currencyname": name, "currencysymbol": symbol},
-                SYSTEM_USER,
-                seed_id(currencies.name, code),
-                now=SEED_TIME,
-            )
-        for entity_set, values in areas.dataverse_seed():
-            entity = store.entity(entity_set)
-            assert entity is not None, entity_set
-            key = entity.alternate_keys[0] if entity.alternate_keys else entity.key
-            store.insert(
-                entity, values, SYSTEM_USER, seed_id(entity.name, *(str(values[k]) for k in key)), now=SEED_TIME
-            )
+    """Reference data every org has: a few transaction currencies, and the areas' rows."""
+    _seed(store, _dataverse_rows())

@@ -1,4 +1,4 @@
-"""SQLite storage shared by the stand-ins: entity sets declared as data, row versions, tombstones."""
+"""SQLite storage shared by the stand-ins: tables of catalogue entities, row versions, tombstones."""
 
 from __future__ import annotations
 
@@ -10,68 +10,21 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from dataclasses import field as dc_field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-FIELD_TYPES = frozenset({"string", "int", "decimal", "bool", "enum", "choice", "datetime", "guid", "lookup"})
+from schemas.catalogue import Entity, Field
+
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 SYSTEM_USER = "00000000-0000-0000-0000-00000000aaaa"
+EntityDef = Entity  # the stand-ins' name for a catalogue entity
 
 
-@dataclass(frozen=True)
-class Field:
-    """One declared field. `values` lists an enum's names or a choice's integers; `target` names a set."""
-
-    name: str
-    type: str = "string"
-    max_length: int | None = None
-    values: tuple[Any, ...] = ()
-    target: str | None = None
-    required: bool = False
-    default: Any = None
-    label: str = ""
-
-    def __post_init__(self) -> None:
-        if self.type not in FIELD_TYPES:
-            raise ValueError(f"field {self.name}: unknown type {self.type!r}")
-
-
-@dataclass(frozen=True)
-class EntityDef:
-    """An entity set declared as data; a single guid key is the row id itself (Dataverse style)."""
-
-    name: str
-    key: tuple[str, ...]
-    fields: tuple[Field, ...]
-    alternate_keys: tuple[tuple[str, ...], ...] = ()
-    company_field: str | None = None
-    event_name: str | None = None
-    logical_name: str = ""
-    type_name: str = ""
-    by_name: dict[str, Field] = dc_field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "by_name", {f.name.lower(): f for f in self.fields})
-        for name in (*self.key, *(n for k in self.alternate_keys for n in k)):
-            if name.lower() not in self.by_name:
-                raise ValueError(f"entity {self.name}: key field {name} is not declared")
-
-    def field(self, name: str) -> Field | None:
-        return self.by_name.get(name.lower())
-
-    @property
-    def guid_key(self) -> str | None:
-        """The name of the primary key when it is one guid field (then it is stored as the row id)."""
-        if len(self.key) == 1 and self.by_name[self.key[0].lower()].type == "guid":
-            return self.by_name[self.key[0].lower()].name
-        return None
-
-    def column(self, name: str) -> str:
-        """The quoted SQL column of a declared field."""
-        f = self.by_name[name.lower()]
-        return '"__id"' if f.name == self.guid_key else f'"{f.name}"'
+def column(entity: Entity, name: str) -> str:
+    """The quoted SQL column of a declared field (a guid primary key is the row id)."""
+    f = entity.by_name[name.lower()]
+    return '"__id"' if f.name == entity.guid_key else f'"{f.name}"'
 
 
 @dataclass
@@ -143,7 +96,7 @@ def normalise(f: Field, value: Any) -> Any:
     if t in ("int", "choice"):
         if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
             raise FieldError("type", f.name, value, "Edm.Int32")
-        if t == "choice" and int(value) not in f.values:
+        if t == "choice" and f.values and int(value) not in f.values:  # no values: not known, any accepted
             raise FieldError("value", f.name, value)
         return int(value)
     if t == "decimal":
@@ -192,7 +145,7 @@ _SYSTEM = '"__rowid", "__id", "__version", "__created_on", "__modified_on", "__c
 class Store:
     """Entity tables in one SQLite database; every write bumps a global row version."""
 
-    def __init__(self, path: str, entities: tuple[EntityDef, ...] | list[EntityDef]) -> None:
+    def __init__(self, path: str, entities: tuple[Entity, ...] | list[Entity]) -> None:
         self.path = path
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.row_factory = sqlite3.Row
@@ -209,12 +162,12 @@ class Store:
         )
         self.conn.execute("CREATE INDEX IF NOT EXISTS __tombstones_v ON __tombstones (entity, version)")
         self.conn.execute("CREATE INDEX IF NOT EXISTS __tombstones_id ON __tombstones (entity, id)")
-        self.entities: dict[str, EntityDef] = {}
+        self.entities: dict[str, Entity] = {}
         for entity in entities:
             self.declare(entity)
 
     # -- schema ---------------------------------------------------------------------------------
-    def declare(self, entity: EntityDef) -> None:
+    def declare(self, entity: Entity) -> None:
         """Create the table and indexes of an entity set (idempotent)."""
         cols = [
             '"__rowid" INTEGER PRIMARY KEY',
@@ -237,11 +190,11 @@ class Store:
         for i, key in enumerate((entity.key, *entity.alternate_keys)):
             if key == (entity.guid_key,):
                 continue
-            columns = ", ".join(entity.column(n) for n in key)
+            columns = ", ".join(column(entity, n) for n in key)
             self.conn.execute(f'CREATE UNIQUE INDEX IF NOT EXISTS "{entity.name}__k{i}" ON {table} ({columns})')
         self.entities[entity.name.lower()] = entity
 
-    def entity(self, name: str) -> EntityDef | None:
+    def entity(self, name: str) -> Entity | None:
         return self.entities.get(name.lower())
 
     # -- transactions ---------------------------------------------------------------------------
@@ -279,7 +232,7 @@ class Store:
         )
 
     # -- reads ----------------------------------------------------------------------------------
-    def _row(self, entity: EntityDef, r: sqlite3.Row) -> Row:
+    def _row(self, entity: Entity, r: sqlite3.Row) -> Row:
         values = {}
         for f in entity.fields:
             values[f.name] = r["__id"] if f.name == entity.guid_key else r[f.name]
@@ -294,23 +247,23 @@ class Store:
             r["__rowid"],
         )
 
-    def get(self, entity: EntityDef, key: dict[str, Any]) -> Row | None:
+    def get(self, entity: Entity, key: dict[str, Any]) -> Row | None:
         """The row whose key or alternate key has these (stored) values."""
         names = sorted(key)
         where = " AND ".join(
-            f"{entity.column(n)} IS NULL" if key[n] is None else f"{entity.column(n)} = ?" for n in names
+            f"{column(entity, n)} IS NULL" if key[n] is None else f"{column(entity, n)} = ?" for n in names
         )
         params = [key[n] for n in names if key[n] is not None]
         rows = self.select(entity, where, params, limit=1)
         return rows[0] if rows else None
 
-    def get_by_id(self, entity: EntityDef, row_id: str) -> Row | None:
+    def get_by_id(self, entity: Entity, row_id: str) -> Row | None:
         rows = self.select(entity, '"__id" = ?', [row_id], limit=1)
         return rows[0] if rows else None
 
     def select(
         self,
-        entity: EntityDef,
+        entity: Entity,
         where: str = "",
         params: list[Any] | tuple[Any, ...] = (),
         order_by: str = "",
@@ -325,11 +278,11 @@ class Store:
             sql += f" LIMIT {-1 if limit is None else int(limit)} OFFSET {int(offset)}"
         return [self._row(entity, r) for r in self.execute(sql, list(params))]
 
-    def count(self, entity: EntityDef, where: str = "", params: list[Any] | tuple[Any, ...] = ()) -> int:
+    def count(self, entity: Entity, where: str = "", params: list[Any] | tuple[Any, ...] = ()) -> int:
         sql = f'SELECT COUNT(*) FROM "{entity.name}"' + (f" WHERE {where}" if where else "")
         return int(self.execute(sql, list(params))[0][0])
 
-    def changes(self, entity: EntityDef, after: int, upto: int, limit: int) -> list[Row | Tombstone]:
+    def changes(self, entity: Entity, after: int, upto: int, limit: int) -> list[Row | Tombstone]:
         """Rows and tombstones with a version in (after, upto], by version, at most `limit`."""
         rows: list[Row | Tombstone] = list(
             self.select(
@@ -346,7 +299,7 @@ class Store:
         return rows[:limit]
 
     # -- writes ---------------------------------------------------------------------------------
-    def prepare_insert(self, entity: EntityDef, values: dict[str, Any]) -> dict[str, Any]:
+    def prepare_insert(self, entity: Entity, values: dict[str, Any]) -> dict[str, Any]:
         """Fill defaults and check required fields; raises FieldError('required', ...)."""
         out = dict(values)
         for f in entity.fields:
@@ -357,7 +310,7 @@ class Store:
         return out
 
     def insert(
-        self, entity: EntityDef, values: dict[str, Any], user: str, row_id: str | None = None, now: str | None = None
+        self, entity: Entity, values: dict[str, Any], user: str, row_id: str | None = None, now: str | None = None
     ) -> Row:
         """Insert normalised values (defaults are applied here too); returns the stored row."""
         values = self.prepare_insert(entity, values)
@@ -383,7 +336,7 @@ class Store:
         stored = {f.name: row_id if f.name == pk else values.get(f.name) for f in entity.fields}
         return Row(row_id, version, now, now, user, user, stored, cur.lastrowid or 0)
 
-    def insert_many(self, entity: EntityDef, rows: list[dict[str, Any]], user: str, now: str | None = None) -> int:
+    def insert_many(self, entity: Entity, rows: list[dict[str, Any]], user: str, now: str | None = None) -> int:
         """Bulk insert (seeding, benchmarks): one version per row, all or nothing; returns the row count."""
         pk = entity.guid_key
         names = [f.name for f in entity.fields if f.name != pk]
@@ -411,7 +364,7 @@ class Store:
             )
         return len(prepared)
 
-    def update(self, entity: EntityDef, row: Row, changes: dict[str, Any], user: str) -> Row:
+    def update(self, entity: Entity, row: Row, changes: dict[str, Any], user: str) -> Row:
         """Apply normalised changes to a row; bumps its version even when nothing changed."""
         pk = entity.guid_key
         names = [n for n in changes if n != pk]
@@ -434,7 +387,7 @@ class Store:
         assert after is not None
         return after
 
-    def delete(self, entity: EntityDef, row: Row, user: str) -> int:
+    def delete(self, entity: Entity, row: Row, user: str) -> int:
         """Delete a row, leaving a tombstone with the version at deletion; returns that version."""
         with self.savepoint():
             version = self._next_version()

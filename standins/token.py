@@ -4,6 +4,12 @@
 client_secret, scope) answers a signed JWT (HS256) as Entra ID does in shape: `token_type`,
 `expires_in`, `ext_expires_in`, `access_token`. The F&O and Dataverse stand-ins read the caller's
 identity (`oid`) from that token with `identity_from_header`.
+
+Stand-in only, for tests of what a client does when the identity platform says no: `PUT
+/_standin/lifetime` with `{"expires_in": s}` sets the lifetime of the tokens issued from then on;
+`POST /_standin/refuse` with `{"status": 400, "error": ..., "error_description": ..., "retry_after": s}`
+answers every token request so (Entra's error body, Retry-After when given) until `DELETE
+/_standin/refuse`; `GET /_standin/stats` counts tokens issued and requests refused.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -47,7 +54,14 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def issue_token(client_id: str, audience: str, tenant: str, signing_key: str, now: float | None = None) -> str:
+def issue_token(
+    client_id: str,
+    audience: str,
+    tenant: str,
+    signing_key: str,
+    now: float | None = None,
+    lifetime_s: int = TOKEN_LIFETIME_S,
+) -> str:
     now = time.time() if now is None else now
     header = {"alg": "HS256", "typ": "JWT"}
     claims = {
@@ -55,7 +69,7 @@ def issue_token(client_id: str, audience: str, tenant: str, signing_key: str, no
         "iss": f"https://sts.windows.net/{tenant}/",
         "iat": int(now),
         "nbf": int(now),
-        "exp": int(now) + TOKEN_LIFETIME_S,
+        "exp": int(now) + lifetime_s,
         "appid": client_id,
         "oid": object_id(client_id),
         "tid": tenant,
@@ -89,11 +103,21 @@ def _error(status: int, error: str, description: str) -> JSONResponse:
     return JSONResponse({"error": error, "error_description": description}, status_code=status)
 
 
-def create_app(clients: dict[str, str] | None = None, signing_key: str = DEFAULT_SIGNING_KEY) -> Starlette:
+def create_app(
+    clients: dict[str, str] | None = None, signing_key: str = DEFAULT_SIGNING_KEY, lifetime_s: int = TOKEN_LIFETIME_S
+) -> Starlette:
     registered = dict(DEFAULT_CLIENTS if clients is None else clients)
+    state: dict[str, Any] = {"lifetime_s": lifetime_s, "refuse": None, "issued": 0, "refused": 0}
 
     async def token(request: Request) -> JSONResponse:
         tenant = request.path_params["tenant"]
+        refuse = state["refuse"]
+        if refuse is not None:
+            state["refused"] += 1
+            answer = _error(refuse["status"], refuse["error"], refuse["error_description"])
+            if refuse.get("retry_after") is not None:
+                answer.headers["Retry-After"] = str(refuse["retry_after"])
+            return answer
         if "application/x-www-form-urlencoded" not in request.headers.get("content-type", ""):
             return _error(400, "invalid_request", "AADSTS900144: The request body must be form-urlencoded.")
         form = await request.form()
@@ -108,14 +132,38 @@ def create_app(clients: dict[str, str] | None = None, signing_key: str = DEFAULT
         if registered.get(client_id) != secret:
             return _error(401, "invalid_client", "AADSTS7000215: Invalid client secret provided.")
         audience = scope.split()[0].removesuffix("/.default")
-        access = issue_token(client_id, audience, tenant, signing_key)
+        lifetime = state["lifetime_s"]
+        access = issue_token(client_id, audience, tenant, signing_key, lifetime_s=lifetime)
+        state["issued"] += 1
         return JSONResponse(
-            {
-                "token_type": "Bearer",
-                "expires_in": TOKEN_LIFETIME_S,
-                "ext_expires_in": TOKEN_LIFETIME_S,
-                "access_token": access,
-            }
+            {"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": access}
         )
 
-    return Starlette(routes=[Route("/{tenant}/oauth2/v2.0/token", token, methods=["POST"])])
+    async def refuse(request: Request) -> JSONResponse:
+        if request.method == "DELETE":
+            state["refuse"] = None
+            return JSONResponse({"refusing": False})
+        body = await request.json()
+        state["refuse"] = {
+            "status": int(body.get("status", 400)),
+            "error": str(body.get("error", "invalid_client")),
+            "error_description": str(body.get("error_description", "AADSTS7000215: Invalid client secret provided.")),
+            "retry_after": body.get("retry_after"),
+        }
+        return JSONResponse({"refusing": True, **state["refuse"]})
+
+    async def lifetime(request: Request) -> JSONResponse:
+        state["lifetime_s"] = int((await request.json())["expires_in"])
+        return JSONResponse({"expires_in": state["lifetime_s"]})
+
+    async def stats(request: Request) -> JSONResponse:
+        return JSONResponse({"issued": state["issued"], "refused": state["refused"]})
+
+    return Starlette(
+        routes=[
+            Route("/{tenant}/oauth2/v2.0/token", token, methods=["POST"]),
+            Route("/_standin/refuse", refuse, methods=["POST", "DELETE"]),
+            Route("/_standin/lifetime", lifetime, methods=["PUT"]),
+            Route("/_standin/stats", stats, methods=["GET"]),
+        ]
+    )

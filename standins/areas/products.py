@@ -1,9 +1,9 @@
 """Area products (the unified product experience): units, product dimensions, dimension groups,
-released distinct products and released products.
+released distinct products and released products (entity sets in schemas/entities/).
 
 All of it flows one way, F&O -> Dataverse. Units, dimensions and dimension groups are global (shared
 across legal entities); products and released products are company-specific. Names Microsoft's docs
-do not confirm are marked "unconfirmed" (see also the maps' header comments).
+do not confirm are marked "Unconfirmed" in their catalogue files (and in the maps' header comments).
 """
 
 from __future__ import annotations
@@ -11,267 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from standins.areas.common import COMPANIES, NO_YES, dv_company, dv_pk, fo_company, statecode
-from standins.store import EntityDef, Field
-
-UNIT_CLASSES = ("Quantity", "Length", "Area", "Volume", "Mass", "Time", "Temperature", "Energy", "Undefined")
-SYSTEMS_OF_UNITS = ("None", "Metric", "UnitedStates")
-PRODUCT_TYPES = ("Item", "Service")
-
-
-# -- F&O ---------------------------------------------------------------------------------------------
-UNITS_OF_MEASURE = EntityDef(
-    name="UnitsOfMeasure",
-    key=("UnitSymbol",),
-    fields=(
-        Field("UnitSymbol", max_length=10, required=True),
-        Field("UnitDescription", max_length=50),
-        Field("UnitClass", "enum", values=UNIT_CLASSES, default="Quantity"),
-        Field("DecimalPrecision", "int", default=0),
-        Field("SystemOfUnits", "enum", values=SYSTEMS_OF_UNITS, default="None"),
-    ),
-    event_name="mserp_unitofmeasureentity",
-    logical_name="UnitOfMeasure",
-    type_name="UnitOfMeasure",
-)
-
-
-def _dimension(name: str, key: str, entity: str, type_name: str) -> EntityDef:
-    """A product dimension's value table (color, size, style, configuration): an id and a description."""
-    return EntityDef(
-        name=name,
-        key=(key,),
-        fields=(Field(key, max_length=10, required=True), Field("Description", max_length=60)),
-        event_name=f"mserp_{entity.lower()}",
-        logical_name=entity,
-        type_name=type_name,
-    )
-
-
-PRODUCT_COLORS = _dimension("ProductColors", "ColorId", "EcoResProductColorEntity", "ProductColor")
-PRODUCT_SIZES = _dimension("ProductSizes", "SizeId", "EcoResProductSizeEntity", "ProductSize")
-PRODUCT_STYLES = _dimension("ProductStyles", "StyleId", "EcoResProductStyleEntity", "ProductStyle")
-# unconfirmed: entity set and entity class of the configuration values
-PRODUCT_CONFIGURATIONS = _dimension(
-    "ProductConfigurations", "ConfigurationId", "EcoResProductConfigurationEntity", "ProductConfiguration"
-)
-
-# unconfirmed: entity set and entity class
-PRODUCT_DIMENSION_GROUPS = EntityDef(
-    name="ProductDimensionGroups",
-    key=("GroupName",),
-    fields=(
-        Field("GroupName", max_length=10, required=True),
-        Field("GroupDescription", max_length=60),
-        Field("IsProductColorActive", "enum", values=NO_YES, default="No"),
-        Field("IsProductSizeActive", "enum", values=NO_YES, default="No"),
-        Field("IsProductStyleActive", "enum", values=NO_YES, default="No"),
-        Field("IsProductConfigurationActive", "enum", values=NO_YES, default="No"),
-    ),
-    event_name="mserp_ecoresproductdimensiongroupentity",
-    logical_name="EcoResProductDimensionGroup",
-    type_name="ProductDimensionGroup",
-)
-
-
-def _unit(name: str) -> Field:
-    return Field(name, max_length=10, target="UnitsOfMeasure", label="Unit")
-
-
-RELEASED_DISTINCT_PRODUCTS = EntityDef(
-    name="CDSReleasedDistinctProducts",
-    key=("dataAreaId", "ProductNumber"),
-    fields=(
-        fo_company(),
-        Field("ProductNumber", max_length=20, required=True),
-        Field("ProductName", max_length=60),
-        Field("ProductDescription", max_length=1000),
-        Field("ItemNumber", max_length=20),
-        Field("CurrencyCode", max_length=3),
-        _unit("SalesUnitSymbol"),
-        Field("SalesUnitDecimalPrecision", "int", default=0),
-        Field("SalesPrice", "decimal", default=0),
-        Field("UnitCost", "decimal", default=0),
-        Field("ProductType", "enum", values=PRODUCT_TYPES, default="Item"),
-        Field("IsCatchWeightProduct", "enum", values=NO_YES, default="No"),
-        Field("ProductColorId", max_length=10, target="ProductColors", label="Color"),
-        Field("ProductSizeId", max_length=10, target="ProductSizes", label="Size"),
-        Field("ProductStyleId", max_length=10, target="ProductStyles", label="Style"),
-        Field("ProductConfigurationId", max_length=10, target="ProductConfigurations", label="Configuration"),
-    ),
-    company_field="dataAreaId",
-    event_name="mserp_ecoresreleaseddistinctproductcdsentity",
-    logical_name="EcoResReleasedDistinctProductCDSEntity",
-    type_name="CDSReleasedDistinctProduct",
-)
-
-RELEASED_PRODUCTS_V2 = EntityDef(
-    name="ReleasedProductsV2",
-    key=("dataAreaId", "ItemNumber"),
-    fields=(
-        fo_company(),
-        Field("ItemNumber", max_length=20, required=True),
-        Field("ProductNumber", max_length=20, required=True, target="CDSReleasedDistinctProducts", label="Product"),
-        Field("ProductType", "enum", values=PRODUCT_TYPES, default="Item"),
-        _unit("SalesUnitSymbol"),
-        _unit("PurchaseUnitSymbol"),
-        _unit("InventoryUnitSymbol"),
-        Field("SalesPrice", "decimal", default=0),
-        Field("SalesPriceDate", "datetime"),
-        Field("PurchasePrice", "decimal", default=0),
-        Field("UnitCost", "decimal", default=0),
-        Field("NetProductWeight", "decimal", default=0),
-        Field("TareProductWeight", "decimal", default=0),
-        Field("ProductVolume", "decimal", default=0),
-        Field("SellStartDate", "datetime"),
-        # No reference check: vendors belong to the parties area, which this area does not depend on.
-        Field("PrimaryVendorAccountNumber", max_length=20),
-        Field(
-            "ProductDimensionGroupName", max_length=10, target="ProductDimensionGroups", label="Product dimension group"
-        ),
-        Field("IsCatchWeightProduct", "enum", values=NO_YES, default="No"),
-    ),
-    company_field="dataAreaId",
-    event_name="mserp_ecoresreleasedproductv2entity",
-    logical_name="EcoResReleasedProductV2Entity",
-    type_name="ReleasedProductV2",
-)
-
-FO_ENTITIES: tuple[EntityDef, ...] = (
-    UNITS_OF_MEASURE,
-    PRODUCT_COLORS,
-    PRODUCT_SIZES,
-    PRODUCT_STYLES,
-    PRODUCT_CONFIGURATIONS,
-    PRODUCT_DIMENSION_GROUPS,
-    RELEASED_DISTINCT_PRODUCTS,
-    RELEASED_PRODUCTS_V2,
-)
-
-# -- Dataverse ---------------------------------------------------------------------------------------
-UOMS = EntityDef(
-    name="uoms",
-    key=("uomid",),
-    fields=(
-        dv_pk("uomid"),
-        Field("msdyn_symbol", max_length=10, required=True),
-        Field("name", max_length=100),
-        Field("msdyn_description", max_length=100),
-        Field("msdyn_externalunitclassname", max_length=100),
-        Field("msdyn_decimalprecision", "int"),
-        statecode(),
-    ),
-    alternate_keys=(("msdyn_symbol",),),
-    logical_name="uom",
-)
-
-
-def _dv_dimension(name: str, column: str) -> EntityDef:
-    logical = name[:-1]
-    return EntityDef(
-        name=name,
-        key=(f"{logical}id",),
-        fields=(
-            dv_pk(f"{logical}id"),
-            Field(column, max_length=10, required=True),
-            Field("msdyn_description", max_length=100),
-            statecode(),
-        ),
-        alternate_keys=((column,),),
-        logical_name=logical,
-    )
-
-
-DV_PRODUCT_COLORS = _dv_dimension("msdyn_productcolors", "msdyn_productcolorname")
-DV_PRODUCT_SIZES = _dv_dimension("msdyn_productsizes", "msdyn_productsize")
-DV_PRODUCT_STYLES = _dv_dimension("msdyn_productstyles", "msdyn_productstyle")
-DV_PRODUCT_CONFIGURATIONS = _dv_dimension("msdyn_productconfigurations", "msdyn_productconfiguration")
-
-DV_PRODUCT_DIMENSION_GROUPS = EntityDef(
-    name="msdyn_productdimensiongroups",
-    key=("msdyn_productdimensiongroupid",),
-    fields=(
-        dv_pk("msdyn_productdimensiongroupid"),
-        Field("msdyn_groupname", max_length=10, required=True),
-        Field("msdyn_description", max_length=100),
-        Field("msdyn_isproductcoloractive", "bool", default=False),
-        Field("msdyn_isproductsizeactive", "bool", default=False),
-        Field("msdyn_isproductstyleactive", "bool", default=False),
-        Field("msdyn_isproductconfigurationactive", "bool", default=False),
-        statecode(),
-    ),
-    alternate_keys=(("msdyn_groupname",),),
-    logical_name="msdyn_productdimensiongroup",
-)
-
-PRODUCTS = EntityDef(
-    name="products",
-    key=("productid",),
-    fields=(
-        dv_pk("productid"),
-        Field("msdyn_productnumber", max_length=20, required=True),
-        Field("name", max_length=100),
-        Field("description", max_length=2000),
-        Field("msdyn_itemnumber", max_length=20),
-        dv_company(),
-        Field("transactioncurrencyid", "lookup", target="transactioncurrencies"),
-        Field("defaultuomid", "lookup", target="uoms"),
-        Field("price", "decimal"),
-        Field("currentcost", "decimal"),
-        # Dataverse's product type: 1 Sales Inventory, 2 Miscellaneous Charges, 3 Services, 4 Flat Fees.
-        Field("producttypecode", "choice", values=(1, 2, 3, 4)),
-        Field("quantitydecimal", "int"),
-        Field("msdyn_iscatchweight", "bool", default=False),
-        Field("msdyn_productcolor", "lookup", target="msdyn_productcolors"),
-        Field("msdyn_productsize", "lookup", target="msdyn_productsizes"),
-        Field("msdyn_productstyle", "lookup", target="msdyn_productstyles"),
-        Field("msdyn_productconfiguration", "lookup", target="msdyn_productconfigurations"),
-        statecode(),
-    ),
-    alternate_keys=(("msdyn_productnumber", "msdyn_company"),),
-    logical_name="product",
-)
-
-# unconfirmed: the alternate key and the option values of msdyn_producttype
-SHARED_PRODUCT_DETAILS = EntityDef(
-    name="msdyn_sharedproductdetails",
-    key=("msdyn_sharedproductdetailid",),
-    fields=(
-        dv_pk("msdyn_sharedproductdetailid"),
-        Field("msdyn_itemnumber", max_length=20, required=True),
-        dv_company(),
-        Field("msdyn_globalproduct", "lookup", target="products"),
-        Field("msdyn_producttype", "choice", values=(192350000, 192350001)),
-        Field("msdyn_salesunitsymbol", "lookup", target="uoms"),
-        Field("msdyn_purchaseunitsymbol", "lookup", target="uoms"),
-        Field("msdyn_inventoryunitsymbol", "lookup", target="uoms"),
-        Field("msdyn_salesprice", "decimal"),
-        Field("msdyn_salespricedate", "datetime"),
-        Field("msdyn_purchaseprice", "decimal"),
-        Field("msdyn_unitcost", "decimal"),
-        Field("msdyn_netproductweight", "decimal"),
-        Field("msdyn_tareproductweight", "decimal"),
-        Field("msdyn_productvolume", "decimal"),
-        Field("msdyn_sellstartdate", "datetime"),
-        Field("msdyn_vendorid", "lookup", target="msdyn_vendors"),
-        Field("msdyn_productdimensiongroupid", "lookup", target="msdyn_productdimensiongroups"),
-        Field("msdyn_iscatchweight", "bool", default=False),
-        statecode(),
-    ),
-    alternate_keys=(("msdyn_itemnumber", "msdyn_company"),),
-    logical_name="msdyn_sharedproductdetail",
-)
-
-DATAVERSE_ENTITIES: tuple[EntityDef, ...] = (
-    UOMS,
-    DV_PRODUCT_COLORS,
-    DV_PRODUCT_SIZES,
-    DV_PRODUCT_STYLES,
-    DV_PRODUCT_CONFIGURATIONS,
-    DV_PRODUCT_DIMENSION_GROUPS,
-    PRODUCTS,
-    SHARED_PRODUCT_DETAILS,
-)
+from standins.areas.common import COMPANIES
 
 # -- seed rows ---------------------------------------------------------------------------------------
 UNITS = (
@@ -315,7 +55,7 @@ _WEIGHTS_KG = {"D0001": 7.5, "D0002": 21.0, "D0003": 9.8, "D0004": 4.2, "D0005":
 def fo_seed() -> Iterable[tuple[str, dict[str, Any]]]:
     for symbol, description, unit_class, decimals, system in UNITS:
         yield (
-            UNITS_OF_MEASURE.name,
+            "UnitsOfMeasure",
             {
                 "UnitSymbol": symbol,
                 "UnitDescription": description,
@@ -324,17 +64,17 @@ def fo_seed() -> Iterable[tuple[str, dict[str, Any]]]:
                 "SystemOfUnits": system,
             },
         )
-    for entity, rows in (
-        (PRODUCT_COLORS, COLORS),
-        (PRODUCT_SIZES, SIZES),
-        (PRODUCT_STYLES, STYLES),
-        (PRODUCT_CONFIGURATIONS, CONFIGURATIONS),
+    for entity_set, key, rows in (
+        ("ProductColors", "ColorId", COLORS),
+        ("ProductSizes", "SizeId", SIZES),
+        ("ProductStyles", "StyleId", STYLES),
+        ("ProductConfigurations", "ConfigurationId", CONFIGURATIONS),
     ):
         for value, description in rows:
-            yield entity.name, {entity.key[0]: value, "Description": description}
+            yield entity_set, {key: value, "Description": description}
     for name, description, color, size, style, config in DIMENSION_GROUPS:
         yield (
-            PRODUCT_DIMENSION_GROUPS.name,
+            "ProductDimensionGroups",
             {
                 "GroupName": name,
                 "GroupDescription": description,
@@ -349,7 +89,7 @@ def fo_seed() -> Iterable[tuple[str, dict[str, Any]]]:
         rate = 1.0 if us else 0.92  # demf prices in EUR
         for number, name, ptype, unit, price, cost, color, size, style, config, _ in PRODUCTS_SEED:
             yield (
-                RELEASED_DISTINCT_PRODUCTS.name,
+                "CDSReleasedDistinctProducts",
                 {
                     "dataAreaId": company,
                     "ProductNumber": number,
@@ -371,7 +111,7 @@ def fo_seed() -> Iterable[tuple[str, dict[str, Any]]]:
             )
         for n, (number, _, ptype, unit, price, cost, *_dims, group) in enumerate(PRODUCTS_SEED):
             yield (
-                RELEASED_PRODUCTS_V2.name,
+                "ReleasedProductsV2",
                 {
                     "dataAreaId": company,
                     "ItemNumber": number,

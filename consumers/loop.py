@@ -1,9 +1,14 @@
-"""The consumer loop: the one place that decides apply, retry, dead-letter and commit for every record.
+"""The consumer loop: the one place that decides apply, retry, dead-letter and commit, for both directions.
 
-Per batch: decode, map, coalesce to the last change per record, apply through the target, then per
-partition in offset order: done records advance the commit point; a retryable failure pauses that
-partition and seeks back to it (later records keep their place and are not re-applied); a permanent
-failure goes to the DLQ. Offsets are committed only after the target acknowledged or the DLQ did.
+One consumer group reads the topics of both sides. The `range` assignor gives one instance the same
+partition number of every topic (they all have the same partition count), so one record's changes from
+F&O and from Dataverse, and its sync state (`dualwrite/state.py`), are owned by one instance.
+
+Per batch: decode; skip what waits (a paused map, a retry's backoff) and remember where each partition
+resumes; apply the rest through `consumers/apply.py`, one change per record per round; then per
+partition in offset order: done records move the commit point; a retryable failure pauses that
+partition and seeks back to it; a permanent one goes to the DLQ. Offsets are committed only after
+the target, the sync state and any dead letter were acknowledged.
 """
 
 from __future__ import annotations
@@ -13,122 +18,277 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-import schemas
-from consumers.target import Outcome, Result, Target
+from consumers.apply import Applier, Change, state_key
+from consumers.target import Target
 from dualwrite import dlq, kafka, metrics
-from dualwrite.config import Config
+from dualwrite.budget import RequestBudget
+from dualwrite.config import Config, RetryConfig
 from dualwrite.control import ControlFollower
-from dualwrite.envelope import ChangeEvent, Side
-from dualwrite.errors import DualWriteError, MissingReferenceError, PermanentError, RetryableError, ThrottledError
-from dualwrite.mapping import TargetWrite, map_event
+from dualwrite.envelope import REPAIR_HEADER, ChangeEvent, Side
+from dualwrite.errors import (
+    AuthError,
+    ConfigError,
+    DualWriteError,
+    MissingReferenceError,
+    PartitionLostError,
+    PermanentError,
+    RetryableError,
+    ThrottledError,
+)
+from dualwrite.mapping import map_event
 from dualwrite.registry import EventDeserializer
 from dualwrite.status import StatusPublisher
 from dualwrite.tablemap import TableMap
-from producers.publish import Publisher
 
 log = logging.getLogger("dualwrite.consumer")
 
-FILTERED = Result(Outcome.SKIPPED_EQUAL)
-ALREADY_DONE = Result(Outcome.SKIPPED_EQUAL)  # applied before a seek brought it back
+TP = tuple[str, int]
+
+
+def direction_of(source: str) -> str:
+    return f"{source}->{Side(source).other.value}"
 
 
 @dataclass
 class _Item:
     msg: Message
-    map_name: str
-    write: TargetWrite | None = None
-    event: ChangeEvent | None = None
-    result: Result | None = None
+    map: TableMap
+    source: str
+    change: Change | None = None
+    outcome: str | None = None  # filtered, or the change's outcome
+    error: DualWriteError | None = None
+
+    @property
+    def tp(self) -> TP:
+        return self.msg.topic() or "", self.msg.partition() or 0
+
+    @property
+    def offset(self) -> int:
+        return self.msg.offset() or 0
 
 
 @dataclass
 class _Retry:
-    attempts: int = 0
+    attempts: int = 0  # every failed attempt (the backoff, the dead letter's header)
+    # Of them, the failures that count towards `max_attempts`: not throttling or a missing token (waited out)
+    # nor a missing reference (bounded by its own timeout), so that those never use up a record's retries.
+    transient: int = 0
+
+    def failed(self, error: DualWriteError | None) -> None:
+        self.attempts += 1
+        if not isinstance(error, ThrottledError | AuthError | MissingReferenceError | PartitionLostError):
+            self.transient += 1
+
+    def exhausted(self, rc: RetryConfig, error: DualWriteError | None, now: float) -> bool:
+        """Time for the DLQ: never for throttling or a missing token ("slower", "no token yet", not "broken":
+        wait as told) nor for a partition another consumer claimed (it waits for the next assignment); after its
+        timeout for a missing reference; after `max_attempts` other failures."""
+        if isinstance(error, ThrottledError | AuthError | PartitionLostError):
+            return False
+        if isinstance(error, MissingReferenceError):
+            return now - self.first_failure >= rc.missing_reference_timeout_s
+        return self.transient >= rc.max_attempts
+
     first_failure: float = field(default_factory=time.monotonic)
 
 
-def group_id(prefix: str, towards: Side) -> str:
-    return f"{prefix}.consumer.{towards.value}"
+class PartitionGate:
+    """Which partitions wait (a retry's backoff, a paused map) and the offset each resumes at.
+
+    A waiting partition is paused and sought back to its first unapplied offset; records of it that
+    a fetch still delivers are skipped, and come again after the seek. Resuming always seeks first.
+    """
+
+    def __init__(self) -> None:
+        self.blocked: dict[TP, tuple[float, int]] = {}  # partition -> (resume time, offset)
+        self.held: dict[TP, int] = {}  # partitions of paused maps -> offset
+
+    def waiting(self, tp: TP) -> bool:
+        return tp in self.blocked or tp in self.held
+
+    def _offset(self, tp: TP, offset: int) -> int:
+        known = [o for o in (self.held.get(tp), self.blocked.get(tp, (0, None))[1]) if o is not None]
+        return min([offset, *known])
+
+    def block(self, consumer: Any, tp: TP, offset: int, until: float) -> None:
+        offset = self._offset(tp, offset)
+        _pause_at(consumer, tp, offset)
+        self.blocked[tp] = (until, offset)
+        if tp in self.held:
+            self.held[tp] = offset
+
+    def hold(self, consumer: Any, tp: TP, offset: int) -> None:
+        offset = self._offset(tp, offset)
+        _pause_at(consumer, tp, offset)
+        self.held[tp] = offset
+        if tp in self.blocked:
+            self.blocked[tp] = (self.blocked[tp][0], offset)
+
+    def resume_due(self, consumer: Any, now: float) -> None:
+        for tp, (at, offset) in list(self.blocked.items()):
+            if at > now:
+                continue
+            del self.blocked[tp]
+            if tp not in self.held:  # a paused map keeps its partition held after the backoff
+                _resume_at(consumer, tp, offset)
+
+    def release(self, consumer: Any, tps: list[TP]) -> None:
+        for tp in tps:
+            offset = self.held.pop(tp, None)
+            if offset is not None and tp not in self.blocked:
+                _resume_at(consumer, tp, offset)
+
+    def forget(self, tps: list[TP]) -> None:
+        for tp in tps:
+            self.blocked.pop(tp, None)
+            self.held.pop(tp, None)
+
+
+def _pause_at(consumer: Any, tp: TP, offset: int) -> None:
+    part = TopicPartition(tp[0], tp[1], offset)
+    consumer.pause([part])
+    consumer.seek(part)
+
+
+def _resume_at(consumer: Any, tp: TP, offset: int) -> None:
+    part = TopicPartition(tp[0], tp[1], offset)
+    consumer.seek(part)
+    consumer.resume([part])
 
 
 class ConsumerLoop:
-    """Applies the other side's topics to `target` (towards F&O or towards Dataverse)."""
+    """Applies every map's changes from both sides to the other side."""
 
     def __init__(
-        self, cfg: Config, maps: dict[str, TableMap], towards: Side, target: Target, deserializer: EventDeserializer
+        self,
+        cfg: Config,
+        maps: dict[str, TableMap],
+        targets: dict[str, Target],
+        deserializer: EventDeserializer,
+        store: Any,
+        budget: RequestBudget | None = None,
     ) -> None:
         self.cfg = cfg
+        self.budget = budget  # the consumer's share of the Dataverse request limit
         self.maps = maps
-        self.towards = towards
-        self.direction = f"{towards.other.value}->{towards.value}"
-        self.target = target
         self.deserialize = deserializer
         self.prefix = cfg.kafka.topic_prefix
-        source = towards.other.value
-        self.routes = {kafka.map_topics(self.prefix, m)[source]: m for m in maps.values() if m.writes_to(towards.value)}
+        self.routes: dict[str, tuple[TableMap, str]] = {}
+        for m in maps.values():
+            for source in ("fo", "dataverse"):
+                if m.writes_to(Side(source).other.value):
+                    self.routes[kafka.map_topics(self.prefix, m)[source]] = (m, source)
+        self.store = store
+        self.applier = Applier(maps, targets, store, cfg.schemas_dir)
+        self.targets = targets
         self.consumer = kafka.consumer(
             cfg.kafka,
-            group_id(self.prefix, towards),
+            kafka.group_id(self.prefix),
             cfg.consumer.session_timeout_ms,
             **{
                 "fetch.wait.max.ms": cfg.consumer.fetch_wait_max_ms,
                 "statistics.interval.ms": 5000,
                 "stats_cb": self._on_stats,
+                # One instance owns partition p of every topic, and so every record's state.
+                "partition.assignment.strategy": "range",
             },
         )
         self.producer = kafka.producer(cfg.kafka, linger_ms=0)
-        self._kept_publisher: Publisher | None = None
-        self._kept_backlog: list[ChangeEvent] = []
-        self.status = StatusPublisher(cfg.kafka, f"consumer.{towards.value}", list(maps), self.direction)
+        names = list(maps)
+        self.status = {
+            source: StatusPublisher(cfg.kafka, f"consumer.{Side(source).other.value}", names, direction_of(source))
+            for source in ("fo", "dataverse")
+        }
         self._stop = threading.Event()
-        self._blocked: dict[tuple[str, int], float] = {}  # partition -> resume time
-        self._done_ahead: dict[tuple[str, int], set[int]] = {}
+        self.gate = PartitionGate()
         self._retries: dict[tuple[str, int, int], _Retry] = {}
-        self._block_offset: dict[tuple[str, int], int] = {}
-        self._held: set[tuple[str, int]] = set()  # partitions of paused maps
         self._pauses_checked = 0.0
         self.control = ControlFollower(cfg.kafka)
         self.assigned = threading.Event()
+        self._revokes = 0  # rebalances that took partitions away, so far
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    # -- lifecycle ---------------------------------------------------------------------------------------
     def stop(self) -> None:
         self._stop.set()
 
+    def check_partitions(self) -> None:
+        """Every topic the loop reads must have the same partition count, or records' states would split."""
+        meta = self.consumer.list_topics(timeout=10).topics
+        counts = {t: len(meta[t].partitions) for t in self.routes if t in meta}
+        if len(set(counts.values())) > 1:
+            listing = ", ".join(f"{t}={n}" for t, n in sorted(counts.items()))
+            raise ConfigError(f"kafka.partitions: the map topics must all have the same partition count ({listing})")
+
     def run(self) -> None:
+        self.check_partitions()
         self.control.start()
         self.control.caught_up.wait(10)  # know which maps are paused before applying anything
         self.consumer.subscribe(list(self.routes), on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not self._stop.is_set():
-                self._resume_due()
+                self.gate.resume_due(self.consumer, time.monotonic())
                 self._follow_pauses()
                 msgs = self.consumer.consume(self.cfg.consumer.batch_size, self.cfg.consumer.poll_timeout_s)
                 if msgs:
-                    self._process(msgs)
-                self.status.tick()
+                    self._process(self._fill(msgs))
+                for s in self.status.values():
+                    s.tick()
         finally:
             self.control.stop()
-            self.status.tick(force=True)
+            for s in self.status.values():
+                s.tick(force=True)
             self.consumer.close()
             self.producer.flush(10)
-            if self._kept_publisher is not None:
-                self._kept_publisher.close()
-            self.target.close()
+            self.store.close()
+            for t in self.targets.values():
+                t.close()
+
+    def _fill(self, msgs: list[Message]) -> list[Message]:
+        """Near the request budget's share, wait for it by filling the batch: the writes towards Dataverse
+        then go out in fewer, fuller requests instead of the service answering 429 (and every record of
+        the batch, both directions, is applied together when the share allows the next request)."""
+        if self.budget is None:
+            return msgs
+        wait = self.budget.wait_s()
+        if wait <= 0:  # (any record may need Dataverse: a write towards it, or a read of its row)
+            return msgs
+        metrics.BUDGET_WAIT.labels("consumer").inc(wait)
+        revokes = self._revokes
+        deadline = time.monotonic() + wait
+        size = self.cfg.consumer.batch_size
+        while len(msgs) < size and not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            msgs.extend(self.consumer.consume(size - len(msgs), min(left, 0.1)))
+        left = deadline - time.monotonic()
+        if left > 0:  # a full batch: the share still decides when it goes out
+            self._stop.wait(left)
+        if self._revokes != revokes:  # a rebalance meanwhile: records of partitions given away are not ours
+            owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+            msgs = [m for m in msgs if (m.topic(), m.partition()) in owned]
+        return msgs
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self.store.assign(sorted({tp.partition for tp in partitions}))
+        # librdkafka keeps a partition's pause across a rebalance; the gate starts afresh, so must it.
+        consumer.resume(partitions)
         self.assigned.set()
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
-            self._blocked.pop(key, None)
-            self._done_ahead.pop(key, None)
-            self._held.discard(key)
+        self._revokes += 1
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        self.gate.forget(tps)
+        gone = set(tps)
+        # A partition's retry counters start again with its next owner (or this one, later).
+        self._retries = {k: v for k, v in self._retries.items() if (k[0], k[1]) not in gone}
+        self.store.revoke(sorted({tp.partition for tp in partitions}))
 
     def _follow_pauses(self, every_s: float = 0.2) -> None:
         """Hold the partitions of paused maps (changes wait in Kafka); release them on resume."""
@@ -137,21 +297,12 @@ class ConsumerLoop:
             return
         self._pauses_checked = now
         paused = self.control.paused
-        for m in self.routes.values():
-            metrics.MAP_PAUSED.labels(m.name, self.direction).set(1 if m.name in paused else 0)
-        release = [tp for tp in self._held if self.routes[tp[0]].name not in paused]
+        for m, source in self.routes.values():
+            metrics.MAP_PAUSED.labels(m.name, direction_of(source)).set(1 if m.name in paused else 0)
+        release = [tp for tp in self.gate.held if self.routes[tp[0]][0].name not in paused]
         if release:
-            self.consumer.resume([TopicPartition(t, p) for t, p in release])
-            self._held.difference_update(release)
+            self.gate.release(self.consumer, release)
             log.info("map(s) resumed: applying what waited on %s", sorted(release))
-        hold = [
-            (tp.topic, tp.partition)
-            for tp in self.consumer.assignment()
-            if self.routes[tp.topic].name in paused and (tp.topic, tp.partition) not in self._held
-        ]
-        if hold:
-            self.consumer.pause([TopicPartition(t, p) for t, p in hold])
-            self._held.update(hold)
 
     def _on_stats(self, stats_json: str) -> None:
         """Lag per topic from librdkafka's statistics (no extra broker requests on the hot loop)."""
@@ -163,166 +314,161 @@ class ConsumerLoop:
             if topic not in self.routes:
                 continue
             lag = sum(max(0, p.get("consumer_lag", 0)) for pid, p in t.get("partitions", {}).items() if pid != "-1")
-            metrics.LAG.labels(topic, self.direction).set(lag)
+            metrics.LAG.labels(topic, direction_of(self.routes[topic][1])).set(lag)
 
-    # -- one batch ---------------------------------------------------------------------------
+    # -- one batch ------------------------------------------------------------------------------------------
+    def _paused_now(self) -> set[str]:
+        """The paused maps, read up to the control topic's end as it is now (after the batch was fetched):
+        `dualwrite map pause` returns once its record is acknowledged, so every change produced after that
+        finds the pause here (one offsets request per batch, to the broker only)."""
+        try:
+            _, end = self.consumer.get_watermark_offsets(TopicPartition(self.control.topic, 0), timeout=5, cached=False)
+        except KafkaException as e:
+            log.warning("could not read the control topic's end (%s); using the map states read so far", e)
+            return self.control.paused
+        return self.control.paused_as_of(end)
+
     def _process(self, msgs: list[Message]) -> None:
         items: list[_Item] = []
+        paused = self._paused_now()
         for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error: %s", err)
                 continue
-            tp = (msg.topic() or "", msg.partition() or 0)
-            if tp in self._blocked or tp in self._held:
-                continue  # fetched before the pause; it comes again after the seek
-            if self.routes[tp[0]].name in self.control.paused:
-                self._hold(tp, msg.offset() or 0)
+            m, source = self.routes[msg.topic() or ""]
+            item = _Item(msg, m, source)
+            if self.gate.waiting(item.tp):
+                continue  # fetched before the pause: it comes again after the seek
+            if m.name in paused:
+                self.gate.hold(self.consumer, item.tp, item.offset)
                 continue
-            ahead = self._done_ahead.get(tp)
-            if ahead and (msg.offset() or 0) in ahead:
-                ahead.discard(msg.offset() or 0)
-                items.append(_Item(msg, self.routes[tp[0]].name, result=ALREADY_DONE))
-                continue
-            items.append(self._decode(msg))
-        self._apply(items)
+            self._decode(item)
+            items.append(item)
+        self._apply([it for it in items if it.change is not None])
         self._settle(items)
 
-    def _decode(self, msg: Message) -> _Item:
-        m = self.routes[msg.topic() or ""]
-        item = _Item(msg, m.name)
+    def _decode(self, it: _Item) -> None:
         try:
-            value = self.deserialize(msg.topic() or "", msg.value())
-            item.event = ChangeEvent.from_avro(value)
-            if item.event.origin.by_dualwrite:
-                item.result = FILTERED  # defence in depth: producers drop these already
-                return item
-            item.write = map_event(m, item.event)
-            if item.write is None:
-                item.result = FILTERED
+            value = self.deserialize(it.msg.topic() or "", it.msg.value())
+            event = ChangeEvent.from_avro(value)
+            if map_event(it.map, event) is None:
+                it.outcome = "filtered"
+                return
+            repair = REPAIR_HEADER in dict(it.msg.headers() or [])
+            it.change = Change(it.map, event, it.msg.partition() or 0, repair=repair)
         except PermanentError as exc:
-            item.result = Result(Outcome.FAILED, exc)
+            it.error = exc
         except (KeyError, ValueError, TypeError) as exc:
-            item.result = Result(Outcome.FAILED, PermanentError(f"malformed change event: {exc}"))
-        return item
+            it.error = PermanentError(f"malformed change event: {exc}")
 
     def _apply(self, items: list[_Item]) -> None:
-        """Apply the last write per record identity; earlier ones for it share its result."""
-        last: dict[tuple[str, Any], int] = {}
-        for i, it in enumerate(items):
-            if it.write is not None and it.result is None:
-                last[(it.map_name, it.write.identity)] = i
-        if not last:
-            return
-        order = sorted(last.values())
-        started = time.monotonic()
-        try:
-            results = self.target.apply_batch([items[i].write for i in order])  # type: ignore[misc]
-        except DualWriteError as exc:  # a target that raises instead of answering per record
-            results = [Result(Outcome.RETRY if isinstance(exc, RetryableError) else Outcome.FAILED, exc)] * len(order)
-        metrics.APPLY_SECONDS.labels(self.direction).observe(time.monotonic() - started)
-        self._send_kept()
-        by_identity = {(items[i].map_name, items[i].write.identity): r for i, r in zip(order, results, strict=True)}  # type: ignore[union-attr]
-        now = time.time()
+        """Rounds of at most one change per record, in offset order; a partition stops at its first retry."""
+        queues: dict[str, list[_Item]] = defaultdict(list)
         for it in items:
-            if it.write is not None and it.result is None:
-                it.result = by_identity[(it.map_name, it.write.identity)]
-                if it.result.outcome is Outcome.APPLIED and it.event is not None:
-                    metrics.END_TO_END_SECONDS.labels(it.map_name, self.direction).observe(
-                        max(0.0, now - it.event.source_time.timestamp())
-                    )
+            assert it.change is not None
+            queues[state_key(it.map, it.change.event)].append(it)
+        stopped: dict[TP, int] = {}  # partition -> offset of its first change to retry
+        started = time.monotonic()
+        while queues:
+            batch = []
+            for key in list(queues):
+                head = queues[key][0]
+                if head.tp in stopped and head.offset > stopped[head.tp]:
+                    del queues[key]  # comes again after the seek
+                    continue
+                batch.append(queues[key].pop(0))
+                if not queues[key]:
+                    del queues[key]
+            if not batch:
+                break
+            changes = [it.change for it in batch if it.change is not None]
+            try:
+                self.applier.apply(changes)
+            except DualWriteError as exc:  # a store or target that raises instead of answering per change
+                for c in changes:
+                    c.error, c.outcome = exc, None
+            for it in batch:
+                assert it.change is not None
+                it.outcome, it.error = it.change.outcome, it.change.error
+                if it.error is not None and isinstance(it.error, RetryableError):
+                    stopped[it.tp] = min(stopped.get(it.tp, it.offset), it.offset)
+        for it in items:
+            if it.change is not None and it.outcome is None and it.error is None:
+                it.error = RetryableError("not applied: an earlier change of its partition is retried")
+        self._observe_latency(items, time.monotonic() - started)
 
-    def _send_kept(self) -> None:
-        """Send the target rows that won a conflict back out as changes of the target side, so the
-        other side ends with the winning value even when the winner's own event was applied before
-        (source-of-truth window, ties)."""
-        side = self.towards.value
-        events = self._kept_backlog + self.target.take_kept(
-            lambda m: list(schemas.record_fields(side, m.fo.entity_set if side == "fo" else m.dataverse.entity_set))
-        )
-        self._kept_backlog = []
-        if not events:
-            return
-        if self._kept_publisher is None:
-            self._kept_publisher = Publisher(self.cfg, side, self.maps)
-        pub = self._kept_publisher
-        try:
-            pub.publish([replace(e, after=pub.coerce(e.entity, e.after or {})) for e in events])
-        except DualWriteError as exc:
-            log.warning("could not send %d conflict-winning row(s) yet, retrying next batch: %s", len(events), exc)
-            self._kept_backlog.extend(events)
-            return
-        log.info("sent %d conflict-winning row(s) of %s back out", len(events), side)
+    def _observe_latency(self, items: list[_Item], seconds: float) -> None:
+        now = time.time()
+        directions = {direction_of(it.source) for it in items}
+        for d in directions:
+            metrics.APPLY_SECONDS.labels(d).observe(seconds)
+        for it in items:
+            if it.outcome == "applied" and it.change is not None:
+                metrics.END_TO_END_SECONDS.labels(it.map.name, direction_of(it.source)).observe(
+                    max(0.0, now - it.change.event.source_time.timestamp())
+                )
 
     def _settle(self, items: list[_Item]) -> None:
-        commit: dict[tuple[str, int], int] = {}
-        dead = 0
-        for it in items:
-            msg = it.msg
-            tp = (msg.topic() or "", msg.partition() or 0)
-            offset = msg.offset() or 0
-            result = it.result or FILTERED
-            if tp in self._blocked:
-                if result.outcome in (Outcome.APPLIED, Outcome.SKIPPED_EQUAL, Outcome.SKIPPED_CONFLICT):
-                    self._count(it, result)
-                    self._done_ahead.setdefault(tp, set()).add(offset)
-                elif result.outcome is Outcome.FAILED:
-                    self._dead_letter(it, result.error, 1)
-                    dead += 1
-                    self._done_ahead.setdefault(tp, set()).add(offset)
+        commit: dict[TP, int] = {}
+        first: dict[TP, int] = {}
+        tracker: kafka.DeliveryTracker | None = None
+        stopped: set[TP] = set()
+        for it in sorted(items, key=lambda i: (i.tp, i.offset)):
+            tp, offset = it.tp, it.offset
+            first.setdefault(tp, offset)
+            if tp in stopped:
                 continue
-            if result.outcome is Outcome.RETRY:
+            error = it.error
+            if error is not None and isinstance(error, RetryableError):
                 retry = self._retries.setdefault((*tp, offset), _Retry())
-                retry.attempts += 1
-                if self._exhausted(retry, result.error):
-                    self._dead_letter(it, result.error, retry.attempts)
-                    dead += 1
-                    self._retries.pop((*tp, offset), None)
-                    commit[tp] = offset + 1
+                retry.failed(error)
+                if not retry.exhausted(self.cfg.consumer.retry, error, time.monotonic()):
+                    self._block(tp, offset, retry, error)
+                    metrics.RECORDS.labels(it.map.name, direction_of(it.source), "retried").inc()
+                    stopped.add(tp)
                     continue
-                self._block(tp, offset, retry, result.error)
-                metrics.RECORDS.labels(it.map_name, self.direction, "retried").inc()
-                continue
-            if result.outcome is Outcome.FAILED:
-                self._dead_letter(it, result.error, 1)
-                dead += 1
+                tracker = self._dead_letter(it, error, retry.attempts, tracker)
+            elif error is not None:
+                tracker = self._dead_letter(it, error, 1, tracker)
             else:
-                self._count(it, result)
+                self._count(it, it.outcome or "filtered")
             self._retries.pop((*tp, offset), None)
             commit[tp] = offset + 1
-        if dead:
-            remaining = self.producer.flush(30)
-            if remaining:
-                raise DualWriteError(f"{remaining} dead letter(s) not acknowledged by the broker; not committing")
-        for tp, offset in list(commit.items()):
-            if tp in self._blocked:
-                commit[tp] = min(offset, self._block_offset.get(tp, offset))
+        if tracker is not None:
+            try:
+                tracker.wait(self.producer, 30)
+            except RetryableError as exc:
+                log.warning("dead letters not acknowledged, applying the batch again: %s", exc)
+                for tp, offset in first.items():
+                    self.gate.block(self.consumer, tp, offset, time.monotonic() + 1.0)
+                return
+        for tp in list(commit):
+            if tp in self.gate.blocked:
+                commit[tp] = min(commit[tp], self.gate.blocked[tp][1])
         if commit:
+            self._commit(commit)
+
+    def _commit(self, commit: dict[tuple[str, int], int]) -> None:
+        """Commit the offsets applied. A refused commit loses nothing: the group moved on (the member
+        was fenced while the broker or this process stalled) or the broker is away, and whoever owns
+        the partitions next applies the records again from the last commit, which the sync state
+        makes idempotent; a later commit of this member covers these offsets too."""
+        try:
             self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in commit.items()], asynchronous=False)
+        except KafkaException as exc:
+            log.warning("offset commit refused, the records will be applied again after the rebalance: %s", exc)
 
-    def _count(self, it: _Item, result: Result) -> None:
-        if result is ALREADY_DONE:
-            return  # counted when it was applied, before the seek brought it back
-        outcome = "filtered" if result is FILTERED else result.outcome.value
-        metrics.RECORDS.labels(it.map_name, self.direction, outcome).inc()
-        self.status.count(it.map_name, outcome)
+    def _count(self, it: _Item, outcome: str) -> None:
+        direction = direction_of(it.source)
+        metrics.RECORDS.labels(it.map.name, direction, outcome).inc()
+        self.status[it.source].count(it.map.name, outcome)
+        if it.change is not None and it.change.conflict:
+            metrics.RECORDS.labels(it.map.name, direction, "conflict").inc()
+            self.status[it.source].count(it.map.name, "conflict")
 
-    def _hold(self, tp: tuple[str, int], offset: int) -> None:
-        part = TopicPartition(tp[0], tp[1], offset)
-        self.consumer.pause([part])
-        self.consumer.seek(part)
-        self._held.add(tp)
-
-    def _exhausted(self, retry: _Retry, error: DualWriteError | None) -> bool:
-        rc = self.cfg.consumer.retry
-        if isinstance(error, ThrottledError):
-            return False  # service protection says "slower", not "broken": wait as told, never dead-letter
-        if isinstance(error, MissingReferenceError):
-            return time.monotonic() - retry.first_failure >= rc.missing_reference_timeout_s
-        return retry.attempts >= rc.max_attempts
-
-    def _block(self, tp: tuple[str, int], offset: int, retry: _Retry, error: DualWriteError | None) -> None:
+    def _block(self, tp: TP, offset: int, retry: _Retry, error: DualWriteError | None) -> None:
         rc = self.cfg.consumer.retry
         backoff = min(rc.max_backoff_s, rc.initial_backoff_s * (2 ** (retry.attempts - 1)))
         backoff *= random.uniform(0.5, 1.0)  # jitter keeps many consumers from retrying in step
@@ -332,33 +478,19 @@ class ConsumerLoop:
         elif isinstance(error, RetryableError) and error.retry_after:
             backoff = max(backoff, error.retry_after)
         log.info("retrying %s[%d]@%d in %.2fs (attempt %d): %s", tp[0], tp[1], offset, backoff, retry.attempts, error)
-        part = TopicPartition(tp[0], tp[1], offset)
-        self.consumer.pause([part])
-        self.consumer.seek(part)
-        self._blocked[tp] = time.monotonic() + backoff
-        self._block_offset[tp] = offset
-        metrics.BLOCKED_PARTITIONS.labels(self.direction).set(len(self._blocked))
-
-    def _resume_due(self) -> None:
-        now = time.monotonic()
-        due = [tp for tp, at in self._blocked.items() if at <= now]
-        for tp in due:
-            del self._blocked[tp]
-            self._block_offset.pop(tp, None)
-            self.consumer.resume([TopicPartition(tp[0], tp[1])])
-        if due:
-            metrics.BLOCKED_PARTITIONS.labels(self.direction).set(len(self._blocked))
-
-    def _dead_letter(self, it: _Item, error: DualWriteError | None, attempts: int) -> None:
-        error = error or PermanentError("unknown failure")
-        log.warning(
-            "dead-lettering %s[%d]@%d (map %s): %s",
-            it.msg.topic(),
-            it.msg.partition(),
-            it.msg.offset(),
-            it.map_name,
-            error,
+        self.gate.block(self.consumer, tp, offset, time.monotonic() + backoff)
+        metrics.BLOCKED_PARTITIONS.labels(direction_of(self.routes[tp[0]][1])).set(
+            sum(1 for t in self.gate.blocked if self.routes[t[0]][1] == self.routes[tp[0]][1])
         )
-        dlq.dead_letter(self.producer, it.msg, error, it.map_name, self.direction, attempts)
-        metrics.RECORDS.labels(it.map_name, self.direction, "dead_lettered").inc()
-        self.status.count(it.map_name, "dead_lettered")
+
+    def _dead_letter(
+        self, it: _Item, error: DualWriteError, attempts: int, tracker: kafka.DeliveryTracker | None
+    ) -> kafka.DeliveryTracker:
+        log.warning(
+            "dead-lettering %s[%d]@%d (map %s): %s", it.msg.topic(), it.msg.partition(), it.offset, it.map.name, error
+        )
+        direction = direction_of(it.source)
+        tracker = dlq.dead_letter(self.producer, it.msg, error, it.map.name, direction, attempts, tracker)
+        metrics.RECORDS.labels(it.map.name, direction, "dead_lettered").inc()
+        self.status[it.source].count(it.map.name, "dead_lettered")
+        return tracker

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dualwrite import kafka
 from dualwrite.config import KafkaConfig
-from dualwrite.errors import RetryableError
 
 
 class CheckpointStore:
@@ -30,10 +29,12 @@ class CheckpointStore:
         return self.values.get(key)
 
     def put_many(self, items: dict[str, str | None]) -> None:
-        for key, value in items.items():
-            self.producer.produce(self.topic, key=key.encode(), value=None if value is None else value.encode())
-        if self.producer.flush(30):
-            raise RetryableError("checkpoint not acknowledged by the broker")
+        """Write (None: delete) checkpoints; RetryableError, and nothing kept, unless the broker acknowledged all."""
+        records = [
+            kafka.Record(self.topic, None if value is None else value.encode(), key.encode())
+            for key, value in items.items()
+        ]
+        kafka.deliver(self.producer, records)
         for key, value in items.items():
             if value is None:
                 self.values.pop(key, None)

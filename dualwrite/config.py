@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from dualwrite.errors import ConfigError
 
@@ -23,13 +23,88 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class OAuth(_Section):
-    """OAuth2 client credentials (Microsoft Entra ID: token_url is .../<tenant>/oauth2/v2.0/token)."""
+AuthMethod = Literal["client-secret", "certificate", "workload-identity", "managed-identity"]
 
-    token_url: AnyHttpUrl
-    client_id: str
-    client_secret: str = Field(repr=False)
+
+class OAuth(_Section):
+    """How dualwrite gets tokens for F&O or Dataverse.
+
+    Microsoft Entra ID (`tenant_id`): an azure-identity credential chosen by `method`, which caches and refreshes
+    its tokens. `token_url` instead speaks the OAuth2 client-credentials grant to that endpoint directly (the local
+    token stand-in: azure-identity talks only HTTPS to an Entra-shaped authority). Fields are checked in order, so
+    a validator sees the ones declared above it.
+    """
+
+    method: AuthMethod = Field(
+        default="client-secret",
+        description="client-secret | certificate | workload-identity (AKS, no secret) | managed-identity.",
+    )
+    token_url: AnyHttpUrl | None = Field(
+        default=None,
+        description="A token endpoint spoken to directly with client credentials (the local stand-in); "
+        "method client-secret only. Unset for Entra ID.",
+    )
+    tenant_id: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="Entra tenant id or domain. workload-identity: defaults to AZURE_TENANT_ID from the webhook.",
+    )
+    authority: str | None = Field(
+        default=None, description="Entra host of a national cloud (e.g. login.microsoftonline.us); default global."
+    )
+    client_id: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="App registration's client id. workload-identity: defaults to the service account's "
+        "azure.workload.identity/client-id; managed-identity: a user-assigned identity (unset: system-assigned).",
+    )
+    client_secret: str | None = Field(default=None, repr=False, validate_default=True)
+    certificate_path: Path | None = Field(
+        default=None, validate_default=True, description="PEM or PKCS12 file with the private key (certificate)."
+    )
+    certificate_password: str | None = Field(default=None, repr=False)
+    token_file: Path | None = Field(
+        default=None,
+        description="workload-identity: the projected service account token; defaults to AZURE_FEDERATED_TOKEN_FILE.",
+    )
     scope: str | None = Field(default=None, description="Defaults to '<service url>/.default'.")
+
+    @field_validator("token_url")
+    @classmethod
+    def _token_url_needs_secret(cls, v: AnyHttpUrl | None, info: ValidationInfo) -> AnyHttpUrl | None:
+        if v is not None and info.data.get("method", "client-secret") != "client-secret":
+            raise ValueError("only with method client-secret (a plain OAuth2 token endpoint, such as the stand-in)")
+        return v
+
+    @field_validator("tenant_id")
+    @classmethod
+    def _tenant(cls, v: str | None, info: ValidationInfo) -> str | None:
+        method = info.data.get("method")
+        if v is None and method in ("client-secret", "certificate") and info.data.get("token_url") is None:
+            raise ValueError(f"required with method {method} (the Entra tenant id or domain), or set token_url")
+        return v
+
+    @field_validator("client_id")
+    @classmethod
+    def _client(cls, v: str | None, info: ValidationInfo) -> str | None:
+        method = info.data.get("method")
+        if v is None and method in ("client-secret", "certificate"):
+            raise ValueError(f"required with method {method}")
+        return v
+
+    @field_validator("client_secret")
+    @classmethod
+    def _secret(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None and info.data.get("method") == "client-secret":
+            raise ValueError("required with method client-secret (from the environment, never the config file)")
+        return v
+
+    @field_validator("certificate_path")
+    @classmethod
+    def _certificate(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        if v is None and info.data.get("method") == "certificate":
+            raise ValueError("required with method certificate")
+        return v
 
 
 class KafkaConfig(_Section):
@@ -66,9 +141,44 @@ class FoConfig(_Section):
     timeout_s: float = 30.0
 
 
+BUDGETED = ("consumer", "dataverse-producer", "reconcile")
+
+
+class BudgetConfig(_Section):
+    """The application user's Dataverse request limit, and each component's share of it."""
+
+    requests: int = Field(
+        default=6000, ge=1, description="Requests the application user may make per window (Dataverse: 6,000)."
+    )
+    window_s: float = Field(default=300.0, gt=0, description="The sliding window of that limit (Dataverse: 300 s).")
+    headroom: float = Field(
+        default=0.9, gt=0, le=1, description="The fraction of the limit the components plan to use."
+    )
+    shares: dict[str, float] = Field(
+        default={"consumer": 0.6, "dataverse-producer": 0.25, "reconcile": 0.15},
+        description="Each component's share of the limit (summing to at most 1); when a component nears its "
+        "share, its batches grow and its polls slow instead of the service answering 429. Components with "
+        "their own application user each get the whole limit: give them share 1 in their own config.",
+    )
+
+    @field_validator("shares")
+    @classmethod
+    def _shares(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(BUDGETED))
+        if unknown:
+            raise ValueError(f"unknown component {', '.join(unknown)} (known: {', '.join(BUDGETED)})")
+        bad = sorted(k for k, x in v.items() if not 0 < x <= 1)
+        if bad:
+            raise ValueError(f"the share of {', '.join(bad)} must be more than 0 and at most 1")
+        if sum(v.values()) > 1 + 1e-9:
+            raise ValueError(f"the shares sum to {sum(v.values()):g}; the components share one limit (at most 1)")
+        return v
+
+
 class DataverseConfig(_Section):
     url: AnyHttpUrl = Field(description="Organization URL, e.g. https://contoso.crm.dynamics.com")
     auth: OAuth
+    budget: BudgetConfig = BudgetConfig()
     integration_user_id: str | None = Field(
         default=None, description="Defaults to WhoAmI of the configured client; its changes are not echoed."
     )
@@ -81,9 +191,62 @@ class FoProducerConfig(_Section):
     listen_port: int = Field(default=8480, ge=0, le=65535)
     path: str = "/events"
     shared_secret: str | None = Field(
-        default=None, repr=False, description="Required as ?code=... on the data-event endpoint URL when set."
+        default=None,
+        repr=False,
+        description="Every data event must carry it: header X-Dualwrite-Secret, Authorization: Bearer <it>, or "
+        "?code=<it> on the URL (F&O's HTTPS endpoint can only do this one). The receiver refuses to start "
+        "without it unless allow_unauthenticated.",
+    )
+    previous_shared_secret: str | None = Field(
+        default=None, repr=False, description="Accepted as well while rotating; unset it once F&O sends the new one."
+    )
+    allow_unauthenticated: bool = Field(
+        default=False, description="Accept data events without any secret: local use only, never in production."
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Larger bodies are answered 413 unread. Each event of a body becomes its own Kafka record, and "
+        "a dead letter larger than the producer's message.max.bytes (kafka.client, librdkafka's default 1000000; "
+        "the broker's message.max.bytes must not be lower) is kept truncated, with headers saying so.",
+    )
+    max_events: int = Field(
+        default=10_000, ge=1, description="Events in one posted array; more are answered 413 (each is a record)."
+    )
+    tls_certfile: Path | None = Field(
+        default=None, description="Serve HTTPS with this PEM certificate (chain); unset when an ingress terminates TLS."
+    )
+    tls_keyfile: Path | None = Field(default=None, description="Its PEM private key, unless tls_certfile holds it.")
+    tls_client_ca: Path | None = Field(
+        default=None, description="Mutual TLS: accept only clients with a certificate signed by these PEM CAs."
     )
     snapshot_on_start: bool = True
+    catchup_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="F&O catch-up: every interval, read the rows of each map with fo.modified_on changed since the "
+        "last window over OData and publish those no data event brought (set-based writes, lost events); 0 turns "
+        "it off. Deletes are found by `dualwrite reconcile`.",
+    )
+    catchup_overlap_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="How far each catch-up window reaches back before the last one's end (clock skew, rows committed "
+        "late); default twice catchup_interval_s.",
+    )
+    catchup_dedup_size: int = Field(
+        default=50_000,
+        ge=0,
+        description="Recently published (key, version) pairs remembered per map, so catch-up does not publish what a "
+        "data event already did (a duplicate is harmless: the consumer skips it as stale).",
+    )
+
+    @field_validator("tls_keyfile", "tls_client_ca")
+    @classmethod
+    def _needs_certificate(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        if v is not None and info.data.get("tls_certfile") is None:
+            raise ValueError("needs tls_certfile (the receiver's own certificate)")
+        return v
 
 
 class DataverseProducerConfig(_Section):
@@ -93,7 +256,38 @@ class DataverseProducerConfig(_Section):
         description="One $batch change-tracking probe of every table per interval, plus one read per changed "
         "table; it shares the app user's Dataverse budget (6,000 requests per 5 minutes) with the consumer's writes.",
     )
+    idle_poll_interval_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="While no table changes, the interval doubles from poll_interval_s up to this; the first "
+        "change seen brings it back (a change made after a quiet spell waits up to this long to be read); "
+        "not above poll_interval_s: no backoff.",
+    )
     page_size: int = Field(default=5000, ge=1, le=5000)
+
+
+class ReconcileConfig(_Section):
+    page_size: int = Field(
+        default=5000, ge=1, le=5000, description="Dataverse rows per page (Prefer: odata.maxpagesize); F&O pages."
+    )
+    keys_per_request: int = Field(
+        default=40, ge=1, le=200, description="Rows re-read by key in one request (the confirm and verify passes)."
+    )
+    max_lag_read: int = Field(
+        default=1_000_000,
+        ge=0,
+        description="Records past the consumer group's committed offsets read per map to find changes in flight; "
+        "with more, every difference of the map is reported as in flight.",
+    )
+    apply_timeout_s: float = Field(
+        default=600.0, gt=0, description="--repair: how long to wait for the consumer to apply the repairs."
+    )
+    report_rows: int = Field(default=1000, ge=0, description="Rows listed per map in the report; all are counted.")
+    metrics_refresh_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the fo-producer reads the last reconcile report from the status topic for its gauges.",
+    )
 
 
 class RetryConfig(_Section):
@@ -115,6 +309,11 @@ class ConsumerConfig(_Section):
         default=20, ge=1, description="How long the broker may hold an empty fetch; bounds the idle latency."
     )
     retry: RetryConfig = RetryConfig()
+    state_dir: Path = Field(
+        default=Path(".dualwrite/state"),
+        description="Local state files (one SQLite file per partition), rebuilt from the compacted state topic "
+        "when missing; a Kubernetes volume keeps restarts fast, none is needed for correctness.",
+    )
 
 
 class OpsConfig(_Section):
@@ -130,9 +329,15 @@ class Config(_Section):
     companies: list[str] = Field(default_factory=lambda: ["usmf", "demf"], min_length=1)
     maps: list[str] | None = Field(default=None, description="Enabled maps; all maps in maps_dir when unset.")
     maps_dir: Path | None = None
+    schemas_dir: Path | None = Field(
+        default=None,
+        description="Avro schemas generated for your own maps and catalogue (python -m schemas.generate --out); "
+        "the built-in schemas when unset.",
+    )
     fo_producer: FoProducerConfig = FoProducerConfig()
     dataverse_producer: DataverseProducerConfig = DataverseProducerConfig()
     consumer: ConsumerConfig = ConsumerConfig()
+    reconcile: ReconcileConfig = ReconcileConfig()
     ops: OpsConfig = OpsConfig()
 
     @field_validator("companies")

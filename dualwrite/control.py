@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import threading
 import time
 import uuid
@@ -13,9 +14,9 @@ from confluent_kafka import TopicPartition
 
 from dualwrite import kafka
 from dualwrite.config import KafkaConfig
-from dualwrite.errors import RetryableError
 
 RUNNING, PAUSED = "running", "paused"
+log = logging.getLogger("dualwrite.control")
 
 
 def _key(map_name: str) -> bytes:
@@ -26,9 +27,8 @@ def set_state(cfg: KafkaConfig, map_name: str, state: str) -> None:
     """Record a map's state; returns once the broker acknowledged it."""
     producer = kafka.producer(cfg, linger_ms=0)
     value = {"state": state, "at": time.time(), "by": getpass.getuser()}
-    producer.produce(kafka.control_topic(cfg.topic_prefix), key=_key(map_name), value=json.dumps(value).encode())
-    if producer.flush(15):
-        raise RetryableError("the broker did not acknowledge the map state")
+    record = kafka.Record(kafka.control_topic(cfg.topic_prefix), json.dumps(value).encode(), _key(map_name))
+    kafka.deliver(producer, [record], timeout_s=15)
 
 
 def read_states(cfg: KafkaConfig) -> dict[str, dict[str, Any]]:
@@ -52,6 +52,8 @@ class ControlFollower:
         self._consumer = kafka.consumer(cfg, f"{cfg.topic_prefix}.control-follower.{uuid.uuid4().hex}")
         self._states: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._read = threading.Condition(self._lock)
+        self._next = 0  # the control topic's offset read up to
         self._stop = threading.Event()
         self.caught_up = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="control-follower")
@@ -77,10 +79,25 @@ class ControlFollower:
                 continue
             idle = 0
             key, value = (msg.key() or b"").decode(), msg.value()
-            if key.startswith("map|") and value:
-                with self._lock:
+            with self._read:
+                if key.startswith("map|") and value:
                     self._states[key[4:]] = json.loads(value).get("state", RUNNING)
+                self._next = max(self._next, (msg.offset() or 0) + 1)
+                self._read.notify_all()
         self._consumer.close()
+
+    def paused_as_of(self, end_offset: int, timeout_s: float = 5.0) -> set[str]:
+        """The paused maps once the follower has read the control topic up to `end_offset` (its end when
+        the caller fetched a batch): a pause acknowledged before a change was produced then holds that
+        change, however far behind this thread was. After `timeout_s`, the set read so far."""
+        with self._read:
+            if not self._read.wait_for(lambda: self._next >= end_offset, timeout=timeout_s):
+                log.warning(
+                    "the control topic was not read up to offset %d in %.0f s; using the map states read so far",
+                    end_offset,
+                    timeout_s,
+                )
+            return {m for m, s in self._states.items() if s == PAUSED}
 
     def stop(self) -> None:
         self._stop.set()

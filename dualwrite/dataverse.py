@@ -1,23 +1,34 @@
-"""Dataverse Web API client: queries, change tracking, $batch, WhoAmI, and lookup resolution."""
+"""Dataverse Web API client: queries, change tracking, $batch, bulk messages, WhoAmI, and lookup resolution."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
-from dualwrite import odata
+from dualwrite import metrics, odata
 from dualwrite.auth import TokenProvider
+from dualwrite.budget import RequestBudget
 from dualwrite.config import DataverseConfig
+from dualwrite.errors import RetryableError, TargetRejectedError
 
 API_PATH = "/api/data/v9.2"
 COMPANY_SET = "cdm_companies"
 COMPANY_PK = "cdm_companyid"
 COMPANY_CODE = "cdm_companycode"
 COMPANY_LOOKUP = "msdyn_company"
+# Records per bulk message: Microsoft advises 100 to 1,000 per request for standard tables.
+MAX_BULK = 1000
+BulkAction = Literal["CreateMultiple", "UpdateMultiple", "UpsertMultiple"]
+
+
+def logical_name_of(primary_key: str) -> str:
+    """A table's logical name from its primary-key column (accountid -> account), as Dataverse names them."""
+    return primary_key[:-2] if primary_key.endswith("id") else primary_key
 
 
 def primary_key_of(entity_set: str) -> str:
@@ -34,27 +45,50 @@ class DeltaPage:
     delta_link: str | None
 
 
+def budget_of(cfg: DataverseConfig, component: str | None) -> RequestBudget | None:
+    """The component's share of the application user's request limit (None: the component has none)."""
+    b = cfg.budget
+    if component is None or component not in b.shares:
+        return None
+    return RequestBudget(b.requests, b.window_s, b.shares[component], b.headroom)
+
+
 class DataverseClient:
-    def __init__(self, cfg: DataverseConfig) -> None:
+    """`component` names the caller for the request budget and the request counter (see `dualwrite.budget`)."""
+
+    def __init__(self, cfg: DataverseConfig, component: str | None = None, read_retries: int = 0) -> None:
+        self.read_retries = read_retries  # reads that failed transiently are tried again (see odata.read)
         self.url = str(cfg.url).rstrip("/")
         self.base = f"{self.url}{API_PATH}"
         self.auth = TokenProvider(cfg.auth, self.url)
         self.max_batch = cfg.max_batch
+        self.budget = budget_of(cfg, component)
+        counter = metrics.DATAVERSE_REQUESTS.labels(component or "other")
+
+        def count(_: httpx.Request) -> None:
+            counter.inc()
+            if self.budget is not None:
+                self.budget.spend()
+
+        def throttled(resp: httpx.Response) -> None:
+            if resp.status_code == 429 and self.budget is not None:
+                self.budget.hold(odata.retry_after(resp.headers) or 1.0)
+
         self.http = httpx.Client(
             auth=self.auth,
             timeout=cfg.timeout_s,
             headers={"Accept": "application/json", "OData-Version": "4.0", "OData-MaxVersion": "4.0"},
             limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
+            event_hooks={"request": [count], "response": [throttled]},
         )
 
     def close(self) -> None:
         self.http.close()
 
     def _get(self, url: str, what: str, params: dict[str, str] | None = None, **headers: str) -> dict[str, Any]:
-        resp = odata.request(self.http, "GET", url, what, params=params, headers=headers)
-        odata.raise_for(resp.status_code, resp.text, resp.headers, what)
-        body: dict[str, Any] = resp.json()
-        return body
+        resp = odata.read(self.http, url, what, self.read_retries, params=params, headers=headers)
+        odata.check(resp, what)
+        return odata.json_object(resp, what)
 
     def whoami(self) -> str:
         return str(self._get(f"{self.base}/WhoAmI", "Dataverse WhoAmI")["UserId"])
@@ -80,8 +114,10 @@ class DataverseClient:
             body = self._get(
                 url, f"Dataverse GET {entity_set}", params if first else None, Prefer=f"odata.maxpagesize={page_size}"
             )
-            yield from body.get("value", [])
-            url, first = body.get("@odata.nextLink"), False
+            url, first, rows = body.get("@odata.nextLink"), False, body.get("value", [])
+            del body
+            yield from rows
+            del rows  # one page in memory at a time: this one goes before the next is read
 
     def count(self, entity_set: str, filter: str | None = None) -> int | None:
         """How many rows match (`$count=true`; Dataverse counts up to 5,000), or None when not said."""
@@ -135,16 +171,71 @@ class DataverseClient:
             results.extend(got[: len(chunk)] + [missing] * (len(chunk) - len(got)))
         return results
 
+    def bulk(
+        self, entity_set: str, logical_name: str, action: BulkAction, records: list[dict[str, Any]]
+    ) -> list[odata.PartResult | None]:
+        """Records of one table through a bulk message (`MAX_BULK` per call); one answer per record.
+
+        A bulk message is one transaction: a record the service refuses (a 4xx) fails the whole call and
+        nothing of it is kept, so a refused call is split in halves until the refused record is alone and
+        its answer is its own. A created record answers 204 with its `OData-EntityId` (CreateMultiple's
+        `Ids`); a throttled or failed call (429, 5xx) is not split: its records all get that answer. None:
+        not answered (a timeout), the records may or may not have been written."""
+        odata_type = f"Microsoft.Dynamics.CRM.{logical_name}"
+        targets = [{"@odata.type": odata_type, **r} for r in records]
+        out: list[odata.PartResult | None] = []
+        for start in range(0, len(targets), MAX_BULK):
+            out.extend(self._bulk(entity_set, action, targets[start : start + MAX_BULK]))
+        return out
+
+    def _bulk(
+        self, entity_set: str, action: BulkAction, targets: list[dict[str, Any]]
+    ) -> list[odata.PartResult | None]:
+        what = f"Dataverse {entity_set}/{action}"
+        try:
+            resp = odata.request(
+                self.http,
+                "POST",
+                f"{self.base}/{entity_set}/Microsoft.Dynamics.CRM.{action}",
+                what,
+                content=odata.dumps({"Targets": targets}),
+                headers={"Content-Type": "application/json"},
+            )
+        except RetryableError:
+            return [None] * len(targets)
+        answer = odata.PartResult(resp.status_code, dict(resp.headers), resp.text)
+        if resp.status_code >= 300:
+            refused_for_a_record = isinstance(answer.error(what), TargetRejectedError) or resp.status_code == 412
+            if len(targets) == 1 or not refused_for_a_record:
+                return [answer] * len(targets)
+            mid = len(targets) // 2
+            return self._bulk(entity_set, action, targets[:mid]) + self._bulk(entity_set, action, targets[mid:])
+        done: list[odata.PartResult | None] = [odata.PartResult(204, {}, "")] * len(targets)
+        if action != "CreateMultiple":
+            return done
+        try:
+            ids = odata.json_object(resp, what).get("Ids")
+        except RetryableError:  # written, but which row is which is unknown: as if not answered
+            return [None] * len(targets)
+        ids = ids if isinstance(ids, list) else []
+        created = [odata.PartResult(204, {"odata-entityid": f"{self.base}/{entity_set}({i})"}, "") for i in ids]
+        return (created + done)[: len(targets)]
+
 
 class LookupCache:
     """Both ways between a row's alternate key and its GUID, for lookups and company striping.
 
     Keys are (entity_set, key_field, value, company_guid-or-None). Misses are resolved in one
-    query per table; a GUID for a row that is deleted later is dropped on the 404 it causes.
+    query per table; a GUID for a row that is deleted later is dropped on the 404 it causes. A row
+    not found is not asked for again for `MISS_TTL_S`: the records waiting for it (a company or a
+    group not synced yet, every partition retrying) then cost one query per table, not one each.
     """
+
+    MISS_TTL_S = 1.0
 
     def __init__(self, client: DataverseClient) -> None:
         self.client = client
+        self._missing: dict[tuple[str, str, str, str | None], float] = {}  # -> when it was found missing
         self._by_key: dict[tuple[str, str, str, str | None], str] = {}
         self._by_id: dict[tuple[str, str], tuple[str, str | None]] = {}
         self._lock = threading.Lock()
@@ -158,12 +249,14 @@ class LookupCache:
         """GUIDs of the rows whose `key_field` is one of `values` (within the company when given)."""
         out: dict[Any, str] = {}
         misses = []
+        now = time.monotonic()
         with self._lock:
             for v in values:
-                hit = self._by_key.get((entity_set, key_field, str(v), company_id))
+                k = (entity_set, key_field, str(v), company_id)
+                hit = self._by_key.get(k)
                 if hit:
                     out[v] = hit
-                else:
+                elif now - self._missing.get(k, -self.MISS_TTL_S) >= self.MISS_TTL_S:
                     misses.append(v)
         pk = primary_key_of(entity_set)
         for start in range(0, len(misses), 40):
@@ -176,6 +269,13 @@ class LookupCache:
                 for v in chunk:
                     if str(v) == str(row[key_field]):
                         out[v] = row[pk]
+            with self._lock:
+                if len(self._missing) > 10_000:  # forget what has expired, so the map stays small
+                    cutoff = time.monotonic() - self.MISS_TTL_S
+                    self._missing = {k: t for k, t in self._missing.items() if t > cutoff}
+                for v in chunk:
+                    if v not in out:
+                        self._missing[(entity_set, key_field, str(v), company_id)] = time.monotonic()
         return out
 
     def keys_of(self, entity_set: str, key_field: str, ids: list[str], company_scoped: bool) -> dict[str, Any]:
@@ -204,6 +304,7 @@ class LookupCache:
         with self._lock:
             self._by_key[(entity_set, key_field, str(value), company_id)] = guid
             self._by_id[(entity_set, guid)] = (value, company_id)
+            self._missing.pop((entity_set, key_field, str(value), company_id), None)
 
     def drop_table(self, entity_set: str) -> None:
         """Forget every cached row of a table (after a 404 showed the cache is stale)."""

@@ -5,13 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from confluent_kafka import Message, Producer
 
 from dualwrite.config import KafkaConfig
 from dualwrite.errors import DualWriteError, RetryableError
-from dualwrite.kafka import dlq_topic, read_to_end
+from dualwrite.kafka import DeliveryTracker, Record, deliver, dlq_topic, read_to_end
 
 H = "dualwrite."
 
@@ -42,15 +41,47 @@ def headers_for(
 
 
 def dead_letter(
-    producer: Producer, msg: Message, error: DualWriteError, map_name: str, direction: str, attempts: int
-) -> None:
-    """Queue the original key and bytes to `<topic>.dlq`; the caller flushes before committing."""
-    producer.produce(
-        dlq_topic(msg.topic() or ""),
-        key=msg.key(),
-        value=msg.value(),
-        headers=headers_for(msg, error, map_name, direction, attempts),  # type: ignore[arg-type]
-    )
+    producer: Producer,
+    msg: Message,
+    error: DualWriteError,
+    map_name: str,
+    direction: str,
+    attempts: int,
+    tracker: DeliveryTracker | None = None,
+) -> DeliveryTracker:
+    """Queue the original key and bytes to `<topic>.dlq` through `tracker` (a new one when None) and return it.
+
+    The caller commits only after `tracker.wait(producer)` returned: it raises RetryableError when the
+    broker refused or did not acknowledge a dead letter. A record the client refuses at once raises here.
+    """
+    tracker = tracker or DeliveryTracker()
+    headers = headers_for(msg, error, map_name, direction, attempts)
+    tracker.produce(producer, Record(dlq_topic(msg.topic() or ""), msg.value(), msg.key(), headers))
+    return tracker
+
+
+def source_letter(
+    source_topic: str,
+    value: bytes,
+    error: DualWriteError,
+    map_name: str,
+    direction: str,
+    key: bytes | None = None,
+    **more: str,
+) -> Record:
+    """A DLQ record for what a producer could not publish (a data event, a source row): no offset, since it
+    never was a record of `source_topic`; `more` adds headers (`event_index="3"` -> `dualwrite.event.index`)."""
+    ours = {
+        "error.class": type(error).__name__,
+        "error.kind": "permanent",
+        "error.message": str(error)[:2000],
+        "map": map_name,
+        "direction": direction,
+        "attempts": "1",
+        "failed.at": str(int(time.time() * 1000)),
+        **{k.replace("_", "."): v for k, v in more.items()},
+    }
+    return Record(dlq_topic(source_topic), value, key, [(H + k, v.encode()) for k, v in ours.items()])
 
 
 @dataclass
@@ -77,12 +108,10 @@ def read_all(cfg: KafkaConfig, topic: str, idle_s: float = 1.5) -> Iterator[Dead
 
 
 def replay(cfg: KafkaConfig, producer: Producer, letters: list[DeadLetter]) -> int:
-    """Send the original bytes back to their original topic; the consumer applies them again."""
+    """Send the original bytes back to their original topic; returns once the broker acknowledged every one."""
+    records = []
     for d in letters:
-        headers: list[tuple[str, Any]] = [(k, v.encode()) for k, v in d.headers.items() if not k.startswith(H)]
+        headers = [(k, v.encode()) for k, v in d.headers.items() if not k.startswith(H)]
         headers.append((H + "replay.of", f"{d.topic}/{d.partition}/{d.offset}".encode()))
-        producer.produce(d.original_topic, key=d.key, value=d.value, headers=headers)
-    remaining = producer.flush(30)
-    if remaining:
-        raise DualWriteError(f"{remaining} replayed record(s) were not acknowledged by the broker")
-    return len(letters)
+        records.append(Record(d.original_topic, d.value, d.key, headers))
+    return deliver(producer, records)

@@ -8,6 +8,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+# The header of change events `dualwrite reconcile --repair` publishes (the run's id): the consumer reads the
+# target and asserts the source's one-way values even where the sync state says the versions are known.
+REPAIR_HEADER = "dualwrite.reconcile.run"
+
 
 class Op(StrEnum):
     CREATE = "create"
@@ -46,6 +50,9 @@ class ChangeEvent:
     after: dict[str, Any] | None
     source_version: str | None = None
     event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # The row's own id at the source (Dataverse primary key, F&O data-event Id): tells a re-created
+    # row from the one deleted before it.
+    source_id: str | None = None
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -56,6 +63,7 @@ class ChangeEvent:
             "key": self.key,
             "source_time": self.source_time,
             "source_version": self.source_version,
+            "source_id": self.source_id,
             "origin": {
                 "side": self.origin.side.value,
                 "by_dualwrite": self.origin.by_dualwrite,
@@ -86,6 +94,7 @@ class ChangeEvent:
             after=value.get("after"),
             source_version=value.get("source_version"),
             event_id=value["event_id"],
+            source_id=value.get("source_id"),
         )
 
 

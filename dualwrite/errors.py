@@ -23,6 +23,22 @@ class ThrottledError(RetryableError):
     """429 from a service-protection limit; `retry_after` holds the server's Retry-After seconds."""
 
 
+class AuthError(RetryableError):
+    """The token endpoint refused or failed a token (4xx, 429, 5xx, unreachable).
+
+    Never a reason to dead-letter a record: retry with `retry_after` until a token comes.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None, status: int | None = None) -> None:
+        super().__init__(message, retry_after)
+        self.status = status
+
+
+class PartitionLostError(RetryableError):
+    """Another consumer claimed the partition (this one's group session ended without it knowing): its
+    records wait for the next assignment. Never a reason to dead-letter a record."""
+
+
 class MissingReferenceError(RetryableError):
     """A lookup target is not there yet; retried for a while, then dead-lettered."""
 
@@ -37,6 +53,12 @@ class MappingError(PermanentError):
     """The table map cannot translate a record (unknown enum value, missing required field)."""
 
     code = "mapping"
+
+
+class CoercionError(PermanentError):
+    """A source value that the Avro schema's type cannot take (text in a decimal field, a list in a string)."""
+
+    code = "coercion"
 
 
 class TargetRejectedError(PermanentError):

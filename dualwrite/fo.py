@@ -13,7 +13,10 @@ from dualwrite.config import FoConfig
 
 
 class FoClient:
-    def __init__(self, cfg: FoConfig) -> None:
+    """`read_retries`: how often a read that failed transiently is tried again (see `odata.read`)."""
+
+    def __init__(self, cfg: FoConfig, read_retries: int = 0) -> None:
+        self.read_retries = read_retries
         self.url = str(cfg.url).rstrip("/")
         self.base = f"{self.url}/data"
         self.auth = TokenProvider(cfg.auth, self.url)
@@ -47,12 +50,16 @@ class FoClient:
             params["$orderby"] = ",".join(orderby)
         url: str | None = f"{self.base}/{entity_set}"
         first = True
+        what = f"F&O GET {entity_set}"
         while url:
-            resp = odata.request(self.http, "GET", url, f"F&O GET {entity_set}", params=params if first else None)
-            odata.raise_for(resp.status_code, resp.text, resp.headers, f"F&O GET {entity_set}")
-            body = resp.json()
-            yield from body.get("value", [])
-            url, first = body.get("@odata.nextLink"), False
+            resp = odata.read(self.http, url, what, self.read_retries, params=params if first else None)
+            odata.check(resp, what)
+            body = odata.json_object(resp, what)
+            del resp
+            url, first, rows = body.get("@odata.nextLink"), False, body.get("value", [])
+            del body
+            yield from rows
+            del rows  # one page in memory at a time: this one goes before the next is read
 
     def count(self, entity_set: str, filter: str | None = None) -> int | None:
         """How many rows match (`$count=true`), or None when the service does not say."""
@@ -60,9 +67,9 @@ class FoClient:
         if filter:
             params["$filter"] = filter
         url = f"{self.base}/{entity_set}"
-        resp = odata.request(self.http, "GET", url, f"F&O count {entity_set}", params=params)
-        odata.raise_for(resp.status_code, resp.text, resp.headers, f"F&O count {entity_set}")
-        value = resp.json().get("@odata.count")
+        resp = odata.read(self.http, url, f"F&O count {entity_set}", self.read_retries, params=params)
+        odata.check(resp, f"F&O count {entity_set}")
+        value = odata.json_object(resp, f"F&O count {entity_set}").get("@odata.count")
         return int(value) if value is not None else None
 
     def batch(self, parts: list[odata.BatchPart]) -> list[odata.PartResult]:

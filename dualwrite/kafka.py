@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from dualwrite.config import KafkaConfig
-from dualwrite.errors import ConfigError
+from dualwrite.errors import ConfigError, RetryableError
 from dualwrite.tablemap import TableMap
 
 
@@ -34,6 +36,16 @@ def control_topic(prefix: str) -> str:
 
 def status_topic(prefix: str) -> str:
     return f"{prefix}.status"
+
+
+def state_topic(prefix: str) -> str:
+    """The compacted changelog of the consumers' per-record sync state, co-partitioned with the map topics."""
+    return f"{prefix}.state"
+
+
+def group_id(prefix: str) -> str:
+    """The consumer group that applies every map's changes, both ways."""
+    return f"{prefix}.consumer"
 
 
 def map_topics(prefix: str, m: TableMap) -> dict[str, str]:
@@ -69,7 +81,7 @@ def check_reachable(cfg: KafkaConfig, timeout_s: float = 5.0) -> None:
 
 
 def ensure_topics(cfg: KafkaConfig, maps: list[TableMap]) -> list[str]:
-    """Create every source topic with its `.dlq`, plus the compacted control topics; return what was created."""
+    """Create every source topic with its `.dlq`, plus the compacted control and state topics; return the new ones."""
     wanted: dict[str, NewTopic] = {}
     for m in maps:
         for source in map_topics(cfg.topic_prefix, m).values():
@@ -81,6 +93,9 @@ def ensure_topics(cfg: KafkaConfig, maps: list[TableMap]) -> list[str]:
         control_topic(cfg.topic_prefix),
     ):
         wanted[compacted] = NewTopic(compacted, 1, cfg.replication_factor, config={"cleanup.policy": "compact"})
+    # A record's state lives in the partition number its change events have: as many partitions as a map topic.
+    state = state_topic(cfg.topic_prefix)
+    wanted[state] = NewTopic(state, cfg.partitions, cfg.replication_factor, config={"cleanup.policy": "compact"})
     check_reachable(cfg)
     client = admin(cfg)
     existing = set(client.list_topics(timeout=10).topics)
@@ -112,6 +127,88 @@ def producer(cfg: KafkaConfig, linger_ms: int = 5, **overrides: Any) -> Producer
     return Producer(settings)
 
 
+@dataclass(frozen=True)
+class Record:
+    """One record to produce."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None = None
+    headers: Sequence[tuple[str, str | bytes | None]] | None = None
+
+
+def _describe(error: KafkaError) -> str:
+    return f"{error.name()}: {error.str()}"
+
+
+class DeliveryTracker:
+    """Counts the delivery reports of the records produced through it; `wait` raises unless every one was acknowledged.
+
+    `flush()` returning 0 only says the client has nothing left to send: a record the broker refused
+    (too large, ACL) or that timed out is gone from the queue too. Only the delivery report tells.
+    """
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.acknowledged = 0
+        self.errors: list[str] = []
+        self._reported = threading.Condition()
+
+    def produce(self, producer: Producer, record: Record) -> None:
+        """Queue one record; a record the client refuses at once (too large, queue full) raises RetryableError."""
+        try:
+            producer.produce(
+                record.topic,
+                key=record.key,
+                value=record.value,
+                headers=list(record.headers) if record.headers else None,
+                on_delivery=self._report,
+            )
+        except KafkaException as exc:
+            why = _describe(exc.args[0]) if exc.args and isinstance(exc.args[0], KafkaError) else str(exc)
+            raise RetryableError(f"{record.topic}: the Kafka client refused the record: {why}") from None
+        except BufferError as exc:
+            raise RetryableError(f"{record.topic}: the Kafka client's queue is full: {exc}") from None
+        with self._reported:
+            self.sent += 1
+
+    def _report(self, error: KafkaError | None, msg: Message) -> None:
+        with self._reported:
+            if error is None:
+                self.acknowledged += 1
+            else:
+                self.errors.append(f"{msg.topic()}: {_describe(error)}")
+            self._reported.notify_all()
+
+    def wait(self, producer: Producer, timeout_s: float = 30.0) -> int:
+        """Flush; the count when the broker acknowledged every record, else RetryableError naming the first error."""
+        deadline = time.monotonic() + timeout_s
+        producer.flush(timeout_s)
+        with self._reported:
+            # Another thread polling the same producer may still be running a report's callback.
+            self._reported.wait_for(
+                lambda: self.acknowledged + len(self.errors) >= self.sent, max(0.0, deadline - time.monotonic())
+            )
+            if self.errors:
+                raise RetryableError(
+                    f"the broker refused {len(self.errors)} of {self.sent} record(s): {self.errors[0]}"
+                )
+            if self.acknowledged < self.sent:
+                raise RetryableError(
+                    f"{self.sent - self.acknowledged} of {self.sent} record(s) not acknowledged by the broker "
+                    f"within {timeout_s:g} s"
+                )
+            return self.sent
+
+
+def deliver(producer: Producer, records: Iterable[Record], timeout_s: float = 30.0) -> int:
+    """Produce and wait for the broker's acknowledgement of every record; RetryableError naming the first failure."""
+    tracker = DeliveryTracker()
+    for record in records:
+        tracker.produce(producer, record)
+    return tracker.wait(producer, timeout_s)
+
+
 def consumer(cfg: KafkaConfig, group_id: str, session_timeout_ms: int = 6000, **overrides: Any) -> Consumer:
     settings = {
         **_base(cfg),
@@ -126,6 +223,11 @@ def consumer(cfg: KafkaConfig, group_id: str, session_timeout_ms: int = 6000, **
     return Consumer(settings)
 
 
+# A reader that goes through a whole topic once: librdkafka's default prefetch (64 MiB queued, 50 MiB per
+# fetch) would otherwise hold a large part of a big topic (the state changelog) in memory.
+READER_BUFFERS = {"queued.max.messages.kbytes": 4096, "fetch.max.bytes": 4 * 1024 * 1024}
+
+
 def read_to_end(cfg: KafkaConfig, topic: str, idle_s: float = 1.0, missing_ok: bool = True) -> Iterator[Message]:
     """Every record of `topic` from the start, without a consumer group.
 
@@ -135,7 +237,7 @@ def read_to_end(cfg: KafkaConfig, topic: str, idle_s: float = 1.0, missing_ok: b
     """
     from dualwrite.errors import DualWriteError
 
-    c = consumer(cfg, f"{cfg.topic_prefix}.reader.{uuid.uuid4().hex}")
+    c = consumer(cfg, f"{cfg.topic_prefix}.reader.{uuid.uuid4().hex}", **READER_BUFFERS)
     try:
         meta = c.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from dualwrite.envelope import ChangeEvent, Op, Side
 from dualwrite.errors import MappingError
-from dualwrite.tablemap import Conflict, FieldMap, TableMap
+from dualwrite.tablemap import FieldMap, TableMap
 
 COMPANY_TABLE = "cdm_companies"
 COMPANY_KEY = "cdm_companycode"
@@ -66,27 +66,6 @@ def map_event(table_map: TableMap, event: ChangeEvent) -> TargetWrite | None:
     return None if write is None else replace(write, source_time=event.source_time)
 
 
-def may_overwrite(
-    conflict: Conflict, towards: Side, event_time: datetime | None, target_changed: datetime | None
-) -> bool:
-    """Whether a change made at `event_time` on the other side may overwrite the target row, which a
-    person (not dualwrite) last changed at `target_changed` (None: no such change to protect).
-
-    An older event never overwrites a newer value: under last-writer-wins the later change wins (F&O
-    on a tie). Under source-of-truth the truth side also wins over a change the other side made up
-    to `window_s` later, and the other side yields to a truth change made up to `window_s` earlier.
-    """
-    if target_changed is None or event_time is None:
-        return True
-    source = towards.other
-    if conflict.policy == "last-writer-wins" or conflict.source_of_truth is None:
-        return event_time > target_changed or (event_time == target_changed and source is Side.FO)
-    window = timedelta(seconds=conflict.window_s)
-    if source.value == conflict.source_of_truth:
-        return target_changed <= event_time + window
-    return target_changed < event_time - window
-
-
 def _map_event(table_map: TableMap, event: ChangeEvent) -> TargetWrite | None:
     towards = source_side(event).other
     if towards is Side.DATAVERSE:
@@ -116,7 +95,7 @@ def _to_dataverse(table_map: TableMap, event: ChangeEvent, key: dict[str, Any]) 
         if f.fo is None:
             defaults[f.dataverse] = f.default
             continue
-        value = _translate(f, row.get(f.fo), forward=True)
+        value = translate(f, row.get(f.fo), forward=True)
         if f.lookup is not None:
             lookups[f.dataverse] = (
                 None
@@ -143,7 +122,7 @@ def _to_fo(table_map: TableMap, event: ChangeEvent, key: dict[str, Any]) -> Targ
         if f.dataverse is None:
             defaults[f.fo] = f.default
             continue
-        values[f.fo] = _translate(f, row.get(f.dataverse), forward=False)
+        values[f.fo] = translate(f, row.get(f.dataverse), forward=False)
     company_field = table_map.fo.company_field
     if company_field is not None and company_field not in table_map.fo.key:
         values[company_field] = event.company
@@ -153,7 +132,7 @@ def _to_fo(table_map: TableMap, event: ChangeEvent, key: dict[str, Any]) -> Targ
     return TargetWrite(table_map.name, Side.FO, "upsert", event.company, key, values, defaults=defaults)
 
 
-def _translate(f: FieldMap, value: Any, forward: bool) -> Any:
+def translate(f: FieldMap, value: Any, forward: bool) -> Any:
     """Apply the field's value map (F&O -> Dataverse when forward), refusing values it does not know."""
     if f.values is None:
         return value
@@ -194,7 +173,7 @@ def normalize(value: Any) -> Any:
 _ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?$")
 
 
-def _as_datetime(value: Any) -> datetime | None:
+def as_datetime(value: Any) -> datetime | None:
     """An ISO 8601 date-time string as a datetime (UTC when no offset); None for anything else."""
     if not isinstance(value, str) or not _ISO_DATETIME.match(value):
         return None
@@ -205,7 +184,7 @@ def _as_datetime(value: Any) -> datetime | None:
 def _same(a: Any, b: Any) -> bool:
     na, nb = normalize(a), normalize(b)
     if isinstance(na, str) and isinstance(nb, str) and na != nb:
-        ta, tb = _as_datetime(na), _as_datetime(nb)  # '...Z' and '...+00:00' are the same instant
+        ta, tb = as_datetime(na), as_datetime(nb)  # '...Z' and '...+00:00' are the same instant
         if ta is not None and tb is not None:
             return ta == tb
     if isinstance(na, str) and isinstance(nb, Decimal | bool) or isinstance(nb, str) and isinstance(na, Decimal):

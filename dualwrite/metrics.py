@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
@@ -15,7 +15,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from dualwrite.envelope import Side
 from dualwrite.errors import ConfigError
+from dualwrite.tablemap import TableMap
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -66,6 +68,91 @@ CHECKPOINT_AGE = Gauge(
     ["entity"],
     registry=REGISTRY,
 )
+CATCHUP_ROWS = Counter(
+    "dualwrite_fo_catchup_rows_total",
+    "Rows the F&O catch-up read over OData, by outcome (published, duplicate: a data event had brought it).",
+    ["entity", "outcome"],
+    registry=REGISTRY,
+)
+CATCHUP_REQUESTS = Counter(
+    "dualwrite_fo_catchup_requests_total", "OData requests the F&O catch-up made.", ["entity"], registry=REGISTRY
+)
+DELTA_RESYNCS = Counter(
+    "dualwrite_dataverse_delta_resyncs_total",
+    "Full reads after Dataverse refused a delta token (expired or invalid), and the deletes of the gap they found.",
+    ["entity", "what"],
+    registry=REGISTRY,
+)
+# The last `dualwrite reconcile` report, read from the status topic (the Job that writes it ends).
+RECONCILE_DRIFT = Gauge(
+    "dualwrite_reconcile_drift_rows",
+    "Rows the last reconcile of a map found apart, by kind: only_fo, only_dataverse, differs (drift); in_flight and "
+    "dlq (explained by changes not yet applied or dead-lettered, not drift).",
+    ["map", "kind"],
+    registry=REGISTRY,
+)
+RECONCILE_LAST_RUN = Gauge(
+    "dualwrite_reconcile_last_run_timestamp_seconds", "When the last reconcile of a map ended.", ["map"],
+    registry=REGISTRY,
+)
+RECONCILE_DURATION = Gauge(
+    "dualwrite_reconcile_duration_seconds", "How long the last reconcile of a map took.", ["map"], registry=REGISTRY
+)
+RECONCILE_DRIFT_RUNS = Gauge(
+    "dualwrite_reconcile_consecutive_drift_runs",
+    "Reconcile runs in a row, up to the last, that found drift in a map (0: the last found none).",
+    ["map"],
+    registry=REGISTRY,
+)
+DATAVERSE_REQUESTS = Counter(
+    "dualwrite_dataverse_requests_total",
+    "HTTP requests made to Dataverse (a $batch counts once, as the service protection limits count it).",
+    ["component"],
+    registry=REGISTRY,
+)
+BUDGET_WAIT = Counter(
+    "dualwrite_request_budget_wait_seconds_total",
+    "Time spent waiting to stay within the component's share of the Dataverse request limit "
+    "(the consumer fills its batches meanwhile, the producer polls later).",
+    ["component"],
+    registry=REGISTRY,
+)
+
+# The label values each component reports, so that `initialise` can create every series at 0.
+CONSUMER_OUTCOMES = ("applied", "skipped_equal", "stale", "conflict", "filtered", "retried", "dead_lettered")
+PRODUCER_OUTCOMES = {
+    "fo": ("published", "echo_dropped", "filtered"),
+    "dataverse": ("published", "echo_dropped", "filtered", "dead_lettered"),
+}
+PRODUCER_ERROR_KINDS = {"fo": ("malformed", "rejected", "unauthorized", "publish"), "dataverse": ("publish",)}
+CONSUMER_TOWARDS = {"consumer": (Side.DATAVERSE, Side.FO)}
+
+
+def initialise(maps: Iterable[TableMap], component: str) -> None:
+    """Create at 0 every labelled series `component` reports (per map, direction and outcome), before its first
+    increment: `increase()` cannot see a series that Prometheus first scrapes at 1, so an alert on it would not fire."""
+    maps = list(maps)
+    if component.endswith("-producer"):
+        side = Side(component.removesuffix("-producer"))
+        for m in maps:
+            entity = m.fo.entity_set if side is Side.FO else m.dataverse.entity_set
+            for outcome in PRODUCER_OUTCOMES[side.value]:
+                PRODUCED.labels(side.value, entity, outcome)
+        for kind in PRODUCER_ERROR_KINDS[side.value]:
+            SOURCE_ERRORS.labels(side.value, kind)
+        return
+    if component not in CONSUMER_TOWARDS:
+        raise ValueError(f"metrics.initialise: unknown component {component!r}")
+    for towards in CONSUMER_TOWARDS[component]:
+        direction = f"{towards.other.value}->{towards.value}"
+        BLOCKED_PARTITIONS.labels(direction)
+        APPLY_SECONDS.labels(direction)
+        for m in maps:
+            if not m.writes_to(towards.value):
+                continue  # a one-way map reports nothing for the direction it does not write
+            END_TO_END_SECONDS.labels(m.name, direction)
+            for outcome in CONSUMER_OUTCOMES:
+                RECORDS.labels(m.name, direction, outcome)
 
 
 class OpsServer:
@@ -77,33 +164,81 @@ class OpsServer:
         ready_check, alive_check = ready, alive
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                if self.path == "/metrics":
-                    self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
-                elif self.path == "/healthz":
-                    ok = alive_check()
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"worker stopped\n", "text/plain")
-                elif self.path == "/readyz":
-                    ok = ready_check()
-                    self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain")
-                else:
-                    self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain")
+            timeout = 10  # a client that connects and sends nothing must not hold a thread for ever
+            # Error answers to an unreadable request line carry a status line (HTTP/0.9 answers have none).
+            default_request_version = "HTTP/1.0"
 
-            def _send(self, status: int, body: bytes, ctype: str) -> None:
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                self._answer(with_body=True)
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self._answer(with_body=False)
+
+            def __getattr__(self, name: str) -> Callable[[], None]:
+                # Any other method, even a made-up one, is 405: http.server answers 501 to those it has no do_ for.
+                if name.startswith("do_"):
+                    return self._not_allowed
+                raise AttributeError(name)
+
+            def _answer(self, with_body: bool) -> None:
+                path = self.path.partition("?")[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST, with_body)
+                elif path == "/healthz":
+                    ok = alive_check()
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"worker stopped\n", "text/plain", with_body)
+                elif path == "/readyz":
+                    ok = ready_check()
+                    self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain", with_body)
+                else:
+                    self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain", with_body)
+
+            def _not_allowed(self) -> None:
+                self.close_connection = True  # the body, if any, is not read
+                self._send(405, b"method not allowed: GET or HEAD\n", "text/plain", True, {"Allow": "GET, HEAD"})
+
+            def _send(
+                self, status: int, body: bytes, ctype: str, with_body: bool, headers: dict[str, str] | None = None
+            ) -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
+                for name, value in {"Content-Type": ctype, "Content-Length": str(len(body)), **(headers or {})}.items():
+                    self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(body)
+                if with_body:
+                    self.wfile.write(body)
+
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except (ConnectionError, TimeoutError):
+                    # The client hung up or stalled mid-answer (a probe timing out, a port scan): not ours to report.
+                    self.close_connection = True
+
+            def parse_request(self) -> bool:
+                if not super().parse_request():
+                    return False
+                if self.headers.defects:  # e.g. a header line without a colon, which http.client lets through
+                    self.send_error(400, "malformed header")
+                    return False
+                return True
+
+            def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+                # An HTTP version we do not speak is the client's mistake: probes and alerts read 5xx as ours.
+                if code == 505:
+                    code, message = 400, "HTTP/1.0 or HTTP/1.1 only"
+                super().send_error(code, message, explain)
 
             def log_message(self, format: str, *args: object) -> None:
-                pass
+                pass  # no access log: nothing here is worth a line per scrape
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 128  # a burst of connections (a scan) must not leave a probe's SYN unanswered
 
         try:
-            self.httpd = ThreadingHTTPServer((host, port), Handler)
+            self.httpd = Server((host, port), Handler)
         except OSError as exc:
             raise ConfigError(f"ops.port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
         self.url = f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="ops", daemon=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -85,6 +86,13 @@ def raise_for(status: int, text: str, headers: httpx.Headers | dict[str, str], w
     raise TargetRejectedError(message, status, code)
 
 
+def check(resp: httpx.Response, what: str) -> None:
+    """`raise_for` of a response, decoding its text only when it is an error (a page of 10,000 rows is
+    tens of MB: its bytes are parsed as they are)."""
+    if resp.status_code >= 300:
+        raise_for(resp.status_code, resp.text, resp.headers, what)
+
+
 def request(client: httpx.Client, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
     """Send one request; transport failures become RetryableError."""
     try:
@@ -96,6 +104,43 @@ def request(client: httpx.Client, method: str, url: str, what: str, **kwargs: An
     except DualWriteError:
         raise
     return resp
+
+
+TRANSIENT = frozenset({429, 500, 502, 503, 504})
+
+
+def read(client: httpx.Client, url: str, what: str, retries: int = 0, **kwargs: Any) -> httpx.Response:
+    """GET, which is safe to repeat: with `retries`, a transient failure (a transport error, 429 or 5xx)
+    is tried again after its `Retry-After` or a growing pause (for batch jobs such as reconcile, which
+    have no other retry; the components retry at their own level and pass none)."""
+    for attempt in range(retries + 1):
+        pause = min(30.0, 0.5 * 2**attempt)
+        try:
+            resp = request(client, "GET", url, what, **kwargs)
+        except RetryableError:
+            if attempt == retries:
+                raise
+            time.sleep(pause)
+            continue
+        if resp.status_code not in TRANSIENT or attempt == retries:
+            return resp
+        after = resp.headers.get("Retry-After", "")
+        time.sleep(min(300.0, float(after)) if after.isdigit() else pause)
+    raise AssertionError("unreachable")
+
+
+def json_object(resp: httpx.Response, what: str) -> dict[str, Any]:
+    """The JSON object of a 2xx answer; RetryableError when it is something else (a proxy's or login page's HTML)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        kind = resp.headers.get("content-type") or "no content type"
+        raise RetryableError(
+            f"{what}: answered {resp.status_code} with a body that is not a JSON object ({kind}): {resp.text[:120]!r}"
+        )
+    return body
 
 
 @dataclass

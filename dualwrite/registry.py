@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,7 +35,9 @@ def check_reachable(cfg: RegistryConfig) -> None:
         raise ConfigError(f"schema_registry.url: no schema registry answered at {cfg.url} ({exc})") from None
 
 
-def register_all(cfg: RegistryConfig, prefix: str, maps: list[TableMap]) -> dict[str, int]:
+def register_all(
+    cfg: RegistryConfig, prefix: str, maps: list[TableMap], schemas_dir: Path | None = None
+) -> dict[str, int]:
     """Set each subject's compatibility and register its schema; returns subject -> schema id."""
     registry = client(cfg)
     ids: dict[str, int] = {}
@@ -44,7 +47,8 @@ def register_all(cfg: RegistryConfig, prefix: str, maps: list[TableMap]) -> dict
             subject = f"{source}-value"
             try:
                 registry.set_config(subject_name=subject, config=_compat(cfg.compatibility))
-                ids[subject] = registry.register_schema(subject, Schema(schemas.schema_text(side, entity_set), "AVRO"))
+                schema = Schema(schemas.schema_text(side, entity_set, schemas_dir), "AVRO")
+                ids[subject] = registry.register_schema(subject, schema)
             except SchemaRegistryError as exc:
                 raise ConfigError(f"schema registry refused {subject}: {exc.error_message}") from None
     return ids
@@ -70,11 +74,13 @@ def _avro_ready(value: Any) -> Any:
 class EventSerializer:
     """Serialize a change-event dict for one topic (schema registered beforehand, looked up by subject)."""
 
-    def __init__(self, registry: SchemaRegistryClient, side: str, entity_set: str) -> None:
-        self._types = schemas.record_fields(side, entity_set)
+    def __init__(
+        self, registry: SchemaRegistryClient, side: str, entity_set: str, schemas_dir: Path | None = None
+    ) -> None:
+        self._types = schemas.record_fields(side, entity_set, schemas_dir)
         self._ser = AvroSerializer(
             registry,
-            schemas.schema_text(side, entity_set),
+            schemas.schema_text(side, entity_set, schemas_dir),
             conf={"auto.register.schemas": False, "use.latest.version": False, "normalize.schemas": False},
         )
 

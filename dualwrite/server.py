@@ -1,15 +1,50 @@
-"""Serve a stand-in's ASGI app on a loopback port, in the foreground or on a background thread."""
+"""Serve an ASGI app (a stand-in, the F&O receiver) on a port, in the foreground or on a background thread."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import socket
+import ssl
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from dualwrite.errors import ConfigError
+
+# Query parameters that carry a credential: the receiver's ?code=, and anything named like a secret or a token.
+_CREDENTIAL = re.compile(r"(?i)([?&](?:code|[^=&]*secret[^=&]*|[^=&]*token[^=&]*)=)[^&\s\"]*")
+
+
+class RedactCredentials(logging.Filter):
+    """Masks credentials in the query strings of uvicorn's access log lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_CREDENTIAL.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def _redact_access_log() -> None:
+    # access_log=False only holds while "uvicorn.access" has no handler: uvicorn logs whenever one is there
+    # (a logging config of the deployment, a test capturing logs), so its lines are masked whatever happens.
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactCredentials) for f in access.filters):
+        access.addFilter(RedactCredentials())
+
+
+@dataclass(frozen=True)
+class Tls:
+    """HTTPS files (PEM); with `client_ca`, only clients presenting a certificate it signed get in (mutual TLS)."""
+
+    certfile: Path
+    keyfile: Path | None = None
+    client_ca: Path | None = None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -34,21 +69,43 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def server_config(app: object, tls: Tls | None = None) -> uvicorn.Config:
+    """uvicorn's config, loaded now so that unreadable TLS files fail at start with a ConfigError naming them."""
+    # No access log: a sender that puts a secret in the query string (?code=) must not see it written down.
+    options: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "on"}
+    if tls is not None:
+        options.update(
+            ssl_certfile=str(tls.certfile),
+            ssl_keyfile=str(tls.keyfile) if tls.keyfile else None,
+            ssl_ca_certs=str(tls.client_ca) if tls.client_ca else None,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if tls.client_ca else ssl.CERT_NONE,
+        )
+    config = uvicorn.Config(app, **options)  # type: ignore[arg-type]
+    _redact_access_log()
+    try:
+        config.load()
+    except (OSError, ssl.SSLError) as exc:
+        files = ", ".join(str(f) for f in (tls.certfile, tls.keyfile, tls.client_ca) if f) if tls else "?"
+        raise ConfigError(f"TLS: cannot load the certificate, key or client CA ({files}): {exc}") from None
+    return config
+
+
 class BackgroundServer:
     """A uvicorn server on its own thread; used by tests and by processes that serve beside other work."""
 
-    def __init__(self, app: object, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: object, host: str = "127.0.0.1", port: int = 0, tls: Tls | None = None) -> None:
+        config = server_config(app, tls)
         self.sock = bind_socket(host, port)
         self.host = host
         self.port = int(self.sock.getsockname()[1])
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")  # type: ignore[arg-type]
+        self.scheme = "https" if tls else "http"
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, name=f"http-{self.port}", daemon=True)
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
     def _run(self) -> None:
         asyncio.run(self.server.serve(sockets=[self.sock]))
@@ -68,8 +125,8 @@ class BackgroundServer:
         self.sock.close()
 
 
-def serve_forever(app: object, host: str, port: int) -> None:
+def serve_forever(app: object, host: str, port: int, tls: Tls | None = None) -> None:
     """Serve in the foreground until SIGINT/SIGTERM (uvicorn installs those handlers)."""
+    config = server_config(app, tls)
     sock = bind_socket(host, port)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")  # type: ignore[arg-type]
     asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
+import logging
 import socket
+import threading
 import time
-import uuid
 from collections import defaultdict
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from dualwrite import kafka
+from dualwrite import kafka, metrics
 from dualwrite.config import KafkaConfig
+from dualwrite.errors import DualWriteError, RetryableError
 
+log = logging.getLogger("dualwrite.status")
 PUBLISH_EVERY_S = 2.0
 ALIVE_WITHIN_S = 10.0
 
@@ -25,20 +27,28 @@ class StatusPublisher:
     def __init__(self, cfg: KafkaConfig, component: str, maps: list[str], direction: str) -> None:
         self.topic = kafka.status_topic(cfg.topic_prefix)
         self.producer = kafka.producer(cfg, linger_ms=0)
-        self.key = f"{component}|{socket.gethostname()}|{os.getpid()}|{uuid.uuid4().hex[:6]}"
+        # One key per component and host (the pod name on Kubernetes), stable across restarts: a restarted
+        # process replaces its last record instead of adding one, so the compacted topic does not grow forever.
+        self.key = f"{component}|{socket.gethostname()}"
         self.component = component
         self.direction = direction
         self.counts: dict[str, dict[str, int]] = {m: defaultdict(int) for m in maps}
         self.state = "running"
+        self.delivered: bool | None = None  # whether the broker acknowledged the last status record sent
         self._last = 0.0
 
     def count(self, map_name: str, outcome: str, n: int = 1) -> None:
         self.counts.setdefault(map_name, defaultdict(int))[outcome] += n
 
-    def tick(self, force: bool = False) -> None:
+    def tick(self, force: bool = False) -> bool | None:
+        """Publish every few seconds, best effort; `force`: now, waiting for the broker (on stop).
+
+        Returns True only once the broker acknowledged, False when the record was refused or not
+        acknowledged (logged), None when nothing was waited for.
+        """
         now = time.time()
         if not force and now - self._last < PUBLISH_EVERY_S:
-            return
+            return None
         self._last = now
         value = {
             "component": self.component,
@@ -47,10 +57,33 @@ class StatusPublisher:
             "time": now,
             "maps": {m: dict(c) for m, c in self.counts.items()},
         }
-        self.producer.produce(self.topic, key=self.key, value=json.dumps(value).encode())
-        self.producer.poll(0)
-        if force:
-            self.producer.flush(5)
+        record = kafka.Record(self.topic, json.dumps(value).encode(), self.key.encode())
+        if not force:
+            # Not waited for: the delivery report arrives with a later poll and is only logged.
+            try:
+                self.producer.produce(record.topic, key=record.key, value=record.value, on_delivery=self._report)
+            except (KafkaException, BufferError) as exc:
+                self._failed(str(exc))
+            self.producer.poll(0)
+            return None
+        try:
+            kafka.deliver(self.producer, [record], timeout_s=5)
+        except RetryableError as exc:
+            self._failed(str(exc))
+            return False
+        self.delivered = True
+        return True
+
+    def _report(self, error: KafkaError | None, msg: Message) -> None:
+        if error is None:
+            self.delivered = True
+        else:
+            self._failed(f"{msg.topic()}: {error.name()}: {error.str()}")
+
+    def _failed(self, why: str) -> None:
+        if self.delivered is not False:  # log the change to failing, not every tick
+            log.warning("status of %s not published (dualwrite status may show it stale): %s", self.component, why)
+        self.delivered = False
 
 
 def read_status(cfg: KafkaConfig, idle_s: float = 1.0) -> list[dict[str, Any]]:
@@ -116,3 +149,84 @@ def topic_depth(cfg: KafkaConfig, topics: list[str]) -> dict[str, int]:
     finally:
         c.close()
     return depth
+
+
+# -- the last reconcile report -------------------------------------------------------------------------------
+RECONCILE_KEY = "reconcile|last"
+DRIFT_KINDS = ("only_fo", "only_dataverse", "differs")  # rows apart that nothing explains
+EXPLAINED_KINDS = ("in_flight", "dlq")  # rows apart because a change is not applied yet, or dead-lettered
+
+
+def publish_reconcile(cfg: KafkaConfig, summary: dict[str, Any]) -> None:
+    """Keep a reconcile run's summary (per map: counts, time, duration, runs with drift in a row) in the status
+    topic under one key, so the last one survives the Job that wrote it; returns once the broker acknowledged it."""
+    producer = kafka.producer(cfg, linger_ms=0)
+    record = kafka.Record(kafka.status_topic(cfg.topic_prefix), json.dumps(summary).encode(), RECONCILE_KEY.encode())
+    kafka.deliver(producer, [record], timeout_s=10)
+
+
+def read_reconcile(cfg: KafkaConfig, idle_s: float = 0.5) -> dict[str, Any] | None:
+    """The summary the last reconcile run wrote, or None."""
+    latest: dict[str, Any] | None = None
+    for msg in kafka.read_to_end(cfg, kafka.status_topic(cfg.topic_prefix), idle_s):
+        if msg.key() == RECONCILE_KEY.encode():
+            value = msg.value()
+            latest = json.loads(value) if value else None
+    return latest
+
+
+def export_reconcile(summary: dict[str, Any]) -> None:
+    """Set the reconcile gauges from a summary (maps it no longer names are removed)."""
+    maps = summary.get("maps", {})
+    for name, m in maps.items():
+        for kind in (*DRIFT_KINDS, *EXPLAINED_KINDS):
+            metrics.RECONCILE_DRIFT.labels(name, kind).set(m.get("counts", {}).get(kind, 0))
+        metrics.RECONCILE_LAST_RUN.labels(name).set(m.get("time", 0))
+        metrics.RECONCILE_DURATION.labels(name).set(m.get("duration_s", 0))
+        metrics.RECONCILE_DRIFT_RUNS.labels(name).set(m.get("drift_runs", 0))
+    for gauge in (
+        metrics.RECONCILE_DRIFT,
+        metrics.RECONCILE_LAST_RUN,
+        metrics.RECONCILE_DURATION,
+        metrics.RECONCILE_DRIFT_RUNS,
+    ):
+        shown = {tuple(s.labels.values()) for metric in gauge.collect() for s in metric.samples}
+        for labels in shown:
+            if labels[0] not in maps:
+                gauge.remove(*labels)
+
+
+class ReconcileGauges:
+    """Reads the last reconcile summary from the status topic every `interval_s` and serves it as gauges:
+    a CronJob's process ends before Prometheus could scrape it, a long-running component does not."""
+
+    def __init__(self, cfg: KafkaConfig, interval_s: float) -> None:
+        self.cfg = cfg
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="reconcile-gauges")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def refresh(self) -> bool:
+        """Read and export once; False when the status topic could not be read (logged)."""
+        try:
+            summary = read_reconcile(self.cfg)
+        except (DualWriteError, KafkaException) as exc:
+            log.warning("last reconcile report not read (its gauges stay as they were): %s", exc)
+            return False
+        if summary is not None:
+            export_reconcile(summary)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            self.refresh()
+            if self._stop.wait(self.interval_s):
+                return

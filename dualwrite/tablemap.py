@@ -119,23 +119,27 @@ class DataverseSide(_Strict):
 
 
 class Conflict(_Strict):
-    """What wins when both sides changed a record before either change was applied.
+    """What wins a true conflict: both sides changed the same field of a record to different values
+    since the last state they agreed on (see README, Conflicts).
 
-    `last-writer-wins` compares the source change times. `source-of-truth` lets one side win over a
-    change the other side made within `window_s` of it (concurrent edits); outside the window the
-    later change wins as usual. Written `conflict: last-writer-wins` or
+    `last-writer-wins` takes the later change by the sides' change times (F&O on a tie);
+    `source-of-truth` always takes the named side's. Written `conflict: last-writer-wins` or
     `conflict: {source-of-truth: fo}` (the long form `{policy: ..., source_of_truth: ...}` works too).
     """
 
     policy: Literal["last-writer-wins", "source-of-truth"] = "last-writer-wins"
     source_of_truth: Literal["fo", "dataverse"] | None = None
-    window_s: float = Field(default=300.0, ge=0)
 
     @model_validator(mode="before")
     @classmethod
     def _short_forms(cls, v: Any) -> Any:
         if isinstance(v, str):
             return {"policy": v}
+        if isinstance(v, dict) and "window_s" in v:
+            raise ValueError(
+                "window_s is gone: conflicts are decided by what each side had seen, not by a time window; "
+                "remove it"
+            )
         if isinstance(v, dict) and "source-of-truth" in v:
             rest = {k: x for k, x in v.items() if k != "source-of-truth"}
             return {"policy": "source-of-truth", "source_of_truth": v["source-of-truth"], **rest}

@@ -9,7 +9,6 @@ import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -46,15 +45,17 @@ def cli(verbose: bool) -> None:
 @click.option("--fo-events-port", type=int, default=0)
 def up(state_dir: Path, keep_data: bool, **ports: int) -> None:
     """Run the whole stack locally on embedded defaults until Ctrl-C."""
-    from dualwrite.stack import Ports, Stack
+    from wiring.stack import LocalStack, Ports
 
     given = {k.removesuffix("_port"): v for k, v in ports.items()}
-    stack = Stack(state_dir, Ports(**given), keep_data)  # type: ignore[arg-type]
+    stack = LocalStack(state_dir, Ports(**given), processes=True, keep_data=keep_data)  # type: ignore[arg-type]
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        urls = stack.start()
+        stack.start_parts()
+        stack.start_components()
+        urls = stack.describe()
         click.echo("dualwrite is up:")
         for name, url in urls.items():
             if isinstance(url, dict):
@@ -73,12 +74,12 @@ def up(state_dir: Path, keep_data: bool, **ports: int) -> None:
 
 @cli.command()
 @click.argument(
-    "component", type=click.Choice(["fo-producer", "dataverse-producer", "consumer-dataverse", "consumer-fo"])
+    "component", type=click.Choice(["fo-producer", "dataverse-producer", "consumer"])
 )
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config file.")
 def run(component: str, config_path: Path | None) -> None:
     """Run one component in the foreground (one Deployment each in production)."""
-    from dualwrite.components import build, enabled_maps, prepare, run_until_signalled
+    from wiring.components import build, enabled_maps, prepare, run_until_signalled
 
     logging.getLogger().setLevel(logging.INFO)  # a service logs what it does; -v is for the CLI commands
     cfg = _config(config_path)
@@ -91,31 +92,33 @@ def run(component: str, config_path: Path | None) -> None:
 @click.argument("kind", type=click.Choice(["fo", "dataverse", "registry", "token"]))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, required=True)
-@click.option("--db", default=":memory:", show_default=True, help="SQLite file.")
-@click.option("--seed/--no-seed", default=False, help="Load demo data (F&O and Dataverse).")
+@click.option("--db", default=None, help="SQLite file (default: in memory).")
+@click.option("--seed/--no-seed", default=None, help="Load demo data (F&O and Dataverse).")
 @click.option("--event-endpoint", multiple=True, help="F&O: URL that receives data events.")
-def standin(kind: str, host: str, port: int, db: str, seed: bool, event_endpoint: tuple[str, ...]) -> None:
+@click.option("--settings", "settings_json", default="{}", help="More of the stand-in's settings, as JSON.")
+def standin(
+    kind: str, host: str, port: int, db: str | None, seed: bool | None, event_endpoint: tuple[str, ...],
+    settings_json: str,
+) -> None:
     """Serve one stand-in of an external system (for development and tests)."""
-    from dualwrite.server import serve_forever
+    from wiring.stack import serve_standin
 
-    app: Any
-    if kind == "fo":
-        from standins import fo
-
-        app = fo.create_app(fo.Settings(db_path=db, seed=seed, event_endpoints=list(event_endpoint)))
-    elif kind == "dataverse":
-        from standins import dataverse
-
-        app = dataverse.create_app(dataverse.Settings(db_path=db, seed=seed))
-    elif kind == "registry":
-        from standins import registry
-
-        app = registry.create_app(registry.Settings(db_path=db))
-    else:
-        from standins import token
-
-        app = token.create_app()
-    serve_forever(app, host, port)
+    try:
+        settings = json.loads(settings_json)
+    except ValueError as exc:
+        raise DualWriteError(f"--settings: not JSON: {exc}") from None
+    if not isinstance(settings, dict):
+        raise DualWriteError("--settings: a JSON object of setting names and values")
+    if db is not None and kind in ("fo", "dataverse", "registry"):
+        settings["db_path"] = db
+    if seed is not None and kind in ("fo", "dataverse"):
+        settings["seed"] = seed
+    if event_endpoint and kind == "fo":
+        settings["event_endpoints"] = list(event_endpoint)
+    try:
+        serve_standin(kind, host, port, settings)
+    except ValueError as exc:  # pydantic's ValidationError: a setting the stand-in does not know
+        raise DualWriteError(f"--settings: {exc}") from None
 
 
 def _name_width(names: Iterable[str]) -> int:
@@ -128,7 +131,7 @@ def _name_width(names: Iterable[str]) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(config_path: Path | None, as_json: bool) -> None:
     """Per map and direction: state, consumer lag, records applied, records in the DLQ."""
-    from dualwrite.report import collect
+    from wiring.report import collect
 
     rows = collect(_config(config_path))
     if as_json:
@@ -174,14 +177,31 @@ def dlq_list(topic: str, config_path: Path | None) -> None:
 @click.option("--offset", "offsets", type=int, multiple=True, help="Only these DLQ offsets (default: all).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path))
 def dlq_replay(topic: str, offsets: tuple[int, ...], config_path: Path | None) -> None:
-    """Send dead-lettered records back to their original topic to be applied again."""
+    """Send dead-lettered records back to their original topic to be applied again.
+
+    The F&O events DLQ holds data-event payloads, not change events: each is translated again, with the
+    current maps, and published to its map's topic; what is still malformed stays in the DLQ.
+    """
     from dualwrite import dlq as dead
     from dualwrite import kafka
+    from producers.fo import events_topic, replay_dead_events
+    from wiring.components import enabled_maps
 
     cfg = _config(config_path)
     letters = [d for d in dead.read_all(cfg.kafka, topic) if not offsets or d.offset in offsets]
-    n = dead.replay(cfg.kafka, kafka.producer(cfg.kafka), letters)
-    click.echo(f"replayed {n} record(s) from {topic}")
+    if topic != kafka.dlq_topic(events_topic(cfg)):
+        n = dead.replay(cfg.kafka, kafka.producer(cfg.kafka), letters)
+        click.echo(f"replayed {n} record(s) from {topic}")
+        return
+    result = replay_dead_events(cfg, enabled_maps(cfg), letters)
+    click.echo(
+        f"replayed {result.published} event(s) from {result.records} record(s) of {topic} to the map topics"
+        + (f" ({result.not_ours} not ours to sync)" if result.not_ours else "")
+    )
+    if result.malformed:
+        click.echo(f"{len(result.malformed)} record(s) still malformed, left in the DLQ:")
+        for offset, reason in result.malformed:
+            click.echo(f"  offset {offset}: {reason}")
 
 
 @cli.group("map")
@@ -191,7 +211,7 @@ def map_group() -> None:
 
 def _set_map_state(config_path: Path | None, names: tuple[str, ...], state: str) -> None:
     from dualwrite import control
-    from dualwrite.components import enabled_maps
+    from wiring.components import enabled_maps
 
     cfg = _config(config_path)
     maps = enabled_maps(cfg)
@@ -225,8 +245,8 @@ def map_resume(names: tuple[str, ...], config_path: Path | None) -> None:
 def map_status(names: tuple[str, ...], config_path: Path | None) -> None:
     """Each map's state, and the paused maps it waits on."""
     from dualwrite import control
-    from dualwrite.components import enabled_maps
     from dualwrite.order import dependency_order, waits_on
+    from wiring.components import enabled_maps
 
     cfg = _config(config_path)
     maps = enabled_maps(cfg)
@@ -256,8 +276,8 @@ def sync_initial(names: tuple[str, ...], config_path: Path | None, restart: bool
     import time as _time
     import uuid as _uuid
 
-    from dualwrite.components import enabled_maps, prepare
-    from dualwrite.initial_sync import InitialSync, MapProgress
+    from wiring.components import enabled_maps, prepare
+    from wiring.initial_sync import InitialSync, MapProgress
 
     cfg = _config(config_path)
     maps = enabled_maps(cfg)
@@ -300,12 +320,94 @@ def sync_initial(names: tuple[str, ...], config_path: Path | None, restart: bool
         )
 
 
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--company", "companies", multiple=True, help="Only this company (repeatable; default: all enabled).")
+@click.option("--repair", is_flag=True, help="Publish the winning side's change event of each drifted row.")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON on stdout.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path))
+def reconcile(
+    names: tuple[str, ...], companies: tuple[str, ...], repair: bool, as_json: bool, config_path: Path | None
+) -> None:
+    """Compare both sides of MAPs (default: all); exit 1 while drift is left (found, and not repaired)."""
+    from wiring.components import enabled_maps, prepare
+    from wiring.reconcile import Progress, Reconciler, table
+
+    cfg = _config(config_path)
+    maps = enabled_maps(cfg)
+    unknown = sorted(set(names) - set(maps))
+    if unknown:
+        raise DualWriteError(f"unknown map(s) {', '.join(unknown)}; known: {', '.join(sorted(maps))}")
+    strangers = sorted({c.lower() for c in companies} - set(cfg.companies))
+    if strangers:
+        raise DualWriteError(f"--company {', '.join(strangers)}: not in the config's companies ({cfg.companies})")
+    prepare(cfg, maps)
+    tty = sys.stderr.isatty()
+    name_w = _name_width(maps)
+
+    def show(p: Progress) -> None:
+        if not tty:
+            return
+        total = max(p.total or 0, p.compared)
+        filled = int(24 * p.compared / total) if total else 24
+        bar = "#" * filled + "." * (24 - filled)
+        line = f"\r{p.map:<{name_w}}[{bar}] {p.compared:>9,}/{total:<9,}"
+        click.echo(line + ("  done\n" if p.finished else ""), nl=False, err=True)
+
+    rec = Reconciler(cfg, maps, [c.lower() for c in companies] or None, repair, on_progress=show)
+    report = rec.run(list(names) or None)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2, default=str))
+    else:
+        for line in table(report, name_w):
+            click.echo(line)
+    if report.remaining:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--changes", type=click.IntRange(min=100), default=5000, show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=10), default=60.0, show_default=True, help="Over how long.")
+@click.option("--seed", type=int, default=None, help="The schedule's seed (default: random, printed).")
+@click.option("--freeze-max-s", type=click.FloatRange(min=1), default=10.0, show_default=True)
+@click.option("--state-dir", type=click.Path(path_type=Path), help="Keep the stack's files and logs here.")
+def chaos(changes: int, seconds: float, seed: int | None, freeze_max_s: float, state_dir: Path | None) -> None:
+    """Changes on both sides under crashes, outages, throttling and poison; exit 1 if the oracle finds a fault."""
+    import random
+
+    from wiring.chaos import run
+
+    seed = random.randrange(1_000_000) if seed is None else seed
+    sys.exit(run(changes, seconds, seed, state_dir, freeze_max_s))
+
+
+@cli.group("entities")
+def entities_group() -> None:
+    """The entity catalogue (fields, types, keys) that schemas are generated from."""
+
+
+@entities_group.command("import")
+@click.option("--side", type=click.Choice(["fo", "dataverse"]), required=True)
+@click.option("--from", "source", required=True, help="Service URL, or a saved $metadata / EntityDefinitions file.")
+@click.option("--set", "sets", multiple=True, help="Entity set to import (default: the ones already catalogued).")
+@click.option("--into", type=click.Path(path_type=Path), help="Catalogue directory (default: schemas/entities).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="For the service's auth.")
+def entities_import(side: str, source: str, sets: tuple[str, ...], into: Path | None, config_path: Path | None) -> None:
+    """Merge a service's metadata into the catalogue; then run `python -m schemas.generate`."""
+    from wiring.entities import import_entities
+
+    written = import_entities(side, source, list(sets), into, lambda: _config(config_path))
+    for name in written:
+        click.echo(f"{side} {name}: imported")
+    click.echo(f"{len(written)} entity set(s) written; regenerate the schemas: python -m schemas.generate")
+
+
 @cli.command("maps")
 @click.option("--config", "config_path", type=click.Path(path_type=Path))
 def maps_cmd(config_path: Path | None) -> None:
     """List the enabled table maps in the order they run."""
-    from dualwrite.components import enabled_maps
     from dualwrite.order import dependency_order
+    from wiring.components import enabled_maps
 
     maps = enabled_maps(_config(config_path))
     w = _name_width(maps)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from consumers.loop import group_id
 from dualwrite import control, kafka, status
-from dualwrite.components import enabled_maps
 from dualwrite.config import Config
 from dualwrite.envelope import Side
 from dualwrite.order import dependency_order, waits_on
+from wiring.components import enabled_maps
 
 
 def collect(cfg: Config) -> list[dict[str, Any]]:
@@ -27,7 +26,8 @@ def collect(cfg: Config) -> list[dict[str, Any]]:
             for name, m in maps.items()
             if m.writes_to(towards.value)
         }
-        lag = status.consumer_lag(cfg.kafka, group_id(cfg.kafka.topic_prefix, towards), list(sources.values()))
+        group = kafka.group_id(cfg.kafka.topic_prefix)
+        lag = status.consumer_lag(cfg.kafka, group, list(sources.values()))
         depth = status.topic_depth(cfg.kafka, [kafka.dlq_topic(t) for t in sources.values()])
         instances = [s for s in published if s.get("direction") == direction]
         alive = [

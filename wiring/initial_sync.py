@@ -5,7 +5,7 @@ Maps run in dependency order. Rows are read in key order and published as `snaps
 changes: batched, convergence-checked, failures to the DLQ. After each acknowledged page the last
 key is checkpointed, so a crashed run resumes after it; rows re-sent from the last page find the
 target already equal and are not written twice. A map starts only when the consumer has applied
-every map it refers to.
+every map it refers to. The sources (`FoSource`, `DataverseSource`) serve `dualwrite reconcile` too.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import schemas
-from consumers.loop import group_id
 from dualwrite import kafka, odata
 from dualwrite.checkpoints import CheckpointStore
 from dualwrite.config import Config
@@ -26,11 +26,10 @@ from dualwrite.envelope import ChangeEvent, Op, Side
 from dualwrite.errors import MissingReferenceError
 from dualwrite.fo import FoClient
 from dualwrite.order import dependency_order
+from dualwrite.publish import Publisher
+from dualwrite.rows import resolve_lookups, row_event, select_columns, snapshot_event, source_filter, source_row
 from dualwrite.status import committed_past
 from dualwrite.tablemap import TableMap
-from producers.dataverse import resolve_lookups, row_event, select_columns, source_row
-from producers.fo import snapshot_event, source_filter
-from producers.publish import Publisher
 
 RUN_HEADER = "dualwrite.sync.run"
 PAGE = 1000
@@ -67,8 +66,19 @@ def _after_key(fields: list[str], last: list[str]) -> str:
     return "(" + " or ".join(ors) + ")"
 
 
-class _Source(Protocol):
-    """The master side of a map: its rows in key order, resumable after a position."""
+def _any_key(fields: list[str], keys: list[list[str]]) -> str:
+    """OData filter for the rows whose (fields) tuple is one of `keys`."""
+    ands = [" and ".join(f"{f} eq {odata.literal(v)}" for f, v in zip(fields, key, strict=True)) for key in keys]
+    return "(" + " or ".join(f"({a})" for a in ands) + ")"
+
+
+def _and(*parts: str | None) -> str | None:
+    return " and ".join(p for p in parts if p) or None
+
+
+class Source(Protocol):
+    """One side of a map: its rows in key order, resumable after a position (the master side in an initial sync,
+    both sides in a reconcile)."""
 
     side: Side
 
@@ -79,11 +89,16 @@ class _Source(Protocol):
     def event(self, publisher: Publisher, raw: dict[str, Any]) -> ChangeEvent | None: ...
 
 
-class _FoSource:
+class FoSource:
+    """F&O as a source: the map's rows of the enabled companies, company first, then in key order (server paging).
+    `select`: only these fields (default all)."""
+
     side = Side.FO
 
-    def __init__(self, client: FoClient, m: TableMap, companies: list[str], run_id: str) -> None:
-        self.client, self.m, self.companies, self.run_id = client, m, companies, run_id
+    def __init__(
+        self, client: FoClient, m: TableMap, companies: list[str], run_id: str, select: list[str] | None = None
+    ) -> None:
+        self.client, self.m, self.companies, self.run_id, self.select = client, m, companies, run_id, select
 
     def count(self) -> int | None:
         return self.client.count(self.m.fo.entity_set, source_filter(self.m, self.companies))
@@ -92,37 +107,60 @@ class _FoSource:
         fields = _key_fields(self.m)
         flt = source_filter(self.m, self.companies)
         if last:
-            after = _after_key(fields, last)
-            flt = f"{flt} and {after}" if flt else after
-        for raw in self.client.query(self.m.fo.entity_set, flt, orderby=fields):
+            flt = _and(flt, _after_key(fields, last))
+        for raw in self.client.query(self.m.fo.entity_set, flt, self.select, orderby=fields):
             yield raw, [str(raw.get(k, "")) for k in fields]
+
+    def find(self, company: str, keys: list[list[str]]) -> list[dict[str, Any]]:
+        """The rows with these natural keys in `company`, whether or not they pass the map's source filter."""
+        fo = self.m.fo
+        names = [k for k in fo.key if k != fo.company_field]
+        if fo.company_field in fo.key:  # the company is the key (legal entities)
+            keys = [[v for k, v in zip(fo.key, key, strict=True) if k != fo.company_field] for key in keys]
+        company_clause = f"{fo.company_field} eq {odata.literal(company)}" if fo.company_field else None
+        flt = _and(company_clause, _any_key(names, keys) if names else None)
+        return list(self.client.query(fo.entity_set, flt, self.select))
 
     def event(self, publisher: Publisher, raw: dict[str, Any]) -> ChangeEvent | None:
         return snapshot_event(publisher, self.m, raw, self.companies, self.run_id)
 
 
-class _DataverseSource:
-    """Dataverse as the master: one enabled company after the other, each in alternate-key order."""
+class DataverseSource:
+    """Dataverse as a source: one enabled company after the other, each in alternate-key order, `page_size`
+    rows per page (Prefer: odata.maxpagesize), only the columns of the map's change events."""
 
     side = Side.DATAVERSE
+    CACHE_ROWS = 50_000  # lookups resolved for this many rows are forgotten: memory stays bounded on big tables
 
-    def __init__(self, client: DataverseClient, m: TableMap, companies: list[str], run_id: str) -> None:
-        self.client, self.m, self.run_id = client, m, run_id
+    def __init__(
+        self,
+        client: DataverseClient,
+        m: TableMap,
+        companies: list[str],
+        run_id: str,
+        schemas_dir: Path | None,
+        page_size: int = 5000,
+    ) -> None:
+        self.client, self.m, self.run_id, self.page_size = client, m, run_id, page_size
         self.companies = sorted(companies) if m.company_specific else [""]
         self.lookups = LookupCache(client)
-        self.fields = list(schemas.record_fields("dataverse", m.dataverse.entity_set))
+        self._resolved_rows = 0
+        self.fields = list(schemas.record_fields("dataverse", m.dataverse.entity_set, schemas_dir))
 
-    def _filter(self, company: str) -> str | None:
+    def _company(self, company: str) -> str | None:
         dv = self.m.dataverse
-        parts = [f"{name} eq {odata.literal(value)}" for name, value in dv.filter.items()]
         if dv.company_lookup is not None:
             guid = self.lookups.company_id(company)
             if guid is None:
                 raise MissingReferenceError(f"company {company!r} is not in cdm_companies; sync companies first")
-            parts.insert(0, f"_{dv.company_lookup}_value eq {guid}")
-        elif dv.company_field is not None:
-            parts.insert(0, f"{dv.company_field} eq {odata.literal(company)}")
-        return " and ".join(parts) or None
+            return f"_{dv.company_lookup}_value eq {guid}"
+        if dv.company_field is not None:
+            return f"{dv.company_field} eq {odata.literal(company)}"
+        return None
+
+    def _filter(self, company: str) -> str | None:
+        parts = [f"{name} eq {odata.literal(value)}" for name, value in self.m.dataverse.filter.items()]
+        return _and(self._company(company), *parts)
 
     def count(self) -> int | None:
         counts = [self.client.count(self.m.dataverse.entity_set, self._filter(c)) for c in self.companies]
@@ -136,13 +174,31 @@ class _DataverseSource:
                 continue
             flt = self._filter(company)
             if last and company == last[0]:
-                after = _after_key(dv.key, last[1:])
-                flt = f"{flt} and {after}" if flt else after
-            for raw in self.client.query(dv.entity_set, flt, select, orderby=dv.key):
+                flt = _and(flt, _after_key(dv.key, last[1:]))
+            for raw in self.client.query(dv.entity_set, flt, select, self.page_size, orderby=dv.key):
                 yield raw, [company, *(str(raw.get(k, "")) for k in dv.key)]
 
+    def find(self, company: str, keys: list[list[str]]) -> list[dict[str, Any]]:
+        """The rows with these alternate keys in `company`, whether or not they pass the map's source filter."""
+        dv = self.m.dataverse
+        flt = _and(self._company(company), _any_key(dv.key, keys))
+        return list(self.client.query(dv.entity_set, flt, select_columns(self.m, self.fields), self.page_size))
+
     def event(self, publisher: Publisher, raw: dict[str, Any]) -> ChangeEvent | None:
-        after = source_row(self.fields, raw, resolve_lookups(self.lookups, self.m, [raw]))
+        return self.event_of(publisher, raw, self.resolve([raw]))
+
+    def resolve(self, raws: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The lookups of rows read together, resolved in one query per table (for `event_of`)."""
+        self._resolved_rows += len(raws)
+        if self._resolved_rows > self.CACHE_ROWS:
+            self.lookups, self._resolved_rows = LookupCache(self.client), len(raws)
+        return resolve_lookups(self.lookups, self.m, raws)
+
+    def event_of(
+        self, publisher: Publisher, raw: dict[str, Any], resolved: dict[str, dict[str, Any]]
+    ) -> ChangeEvent | None:
+        """The change event of a row (None when not ours); CoercionError for a value its schema cannot take."""
+        after = source_row(self.fields, raw, resolved)
         event = row_event(self.m, raw, after, Op.SNAPSHOT, self.run_id)
         return None if event is None else replace(event, after=publisher.coerce(event.entity, after))
 
@@ -185,12 +241,12 @@ class InitialSync:
         self.checkpoints.put_many({"sync|current-run": None})
         return results
 
-    def _source(self, m: TableMap) -> _Source:
+    def _source(self, m: TableMap) -> Source:
         if m.initial_sync_master == "fo":
-            return _FoSource(self.fo, m, self.cfg.companies, self.run_id)
+            return FoSource(self.fo, m, self.cfg.companies, self.run_id)
         if self._dv is None:
             self._dv = DataverseClient(self.cfg.dataverse)
-        return _DataverseSource(self._dv, m, self.cfg.companies, self.run_id)
+        return DataverseSource(self._dv, m, self.cfg.companies, self.run_id, self.cfg.schemas_dir)
 
     def _sync_map(self, m: TableMap, on_progress: Callable[[MapProgress], None]) -> MapProgress:
         progress = MapProgress(m.name)
@@ -254,7 +310,7 @@ class InitialSync:
         """Block until the consumer group committed past everything this run published for the map."""
         if not offsets:
             return
-        c = kafka.consumer(self.cfg.kafka, group_id(self.cfg.kafka.topic_prefix, towards))
+        c = kafka.consumer(self.cfg.kafka, kafka.group_id(self.cfg.kafka.topic_prefix))
         try:
             while not committed_past(c, offsets):
                 on_progress(progress)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 from typing import Any
 
+import fastavro
 from confluent_kafka import KafkaError, Message
+from fastavro.validation import validate
 
+import schemas
 from dualwrite import kafka, metrics, registry
 from dualwrite.config import Config
 from dualwrite.envelope import ChangeEvent
-from dualwrite.errors import RetryableError
+from dualwrite.errors import CoercionError, RetryableError
 from dualwrite.mapping import passes_filter
 from dualwrite.tablemap import TableMap
 
@@ -35,12 +39,14 @@ class Publisher:
         # each have their own topic, and a row goes to the maps whose source filter it passes.
         self.routes: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self.serializers: dict[str, registry.EventSerializer] = {}
+        self.rows: dict[str, RowSchema] = {}
         for m in maps.values():
             entity_set = m.fo.entity_set if side == "fo" else m.dataverse.entity_set
             source_filter = m.fo.filter if side == "fo" else m.dataverse.filter
             topic = kafka.map_topics(cfg.kafka.topic_prefix, m)[side]
             self.routes.setdefault(entity_set, []).append((topic, source_filter))
-            self.serializers[entity_set] = registry.EventSerializer(reg, side, entity_set)
+            self.serializers[entity_set] = registry.EventSerializer(reg, side, entity_set, cfg.schemas_dir)
+            self.rows[entity_set] = RowSchema(side, entity_set, cfg.schemas_dir)
         self._poller = threading.Thread(target=self._poll_forever, daemon=True, name=f"{side}-producer-poll")
         self._stopping = threading.Event()
         self._poller.start()
@@ -50,7 +56,20 @@ class Publisher:
             self.producer.poll(0.05)
 
     def coerce(self, entity_set: str, row: dict[str, Any]) -> dict[str, Any]:
-        return self.serializers[entity_set].coerce_row(row)
+        """The row typed as the schema says; CoercionError naming the field when a value cannot be written.
+
+        Checked here, one row at a time, so that a bad value is dead-lettered on its own instead of
+        failing the serialization of a whole batch.
+        """
+        serializer = self.serializers[entity_set]
+        try:
+            typed = serializer.coerce_row(row)
+        except (ValueError, TypeError, ArithmeticError):
+            typed = None
+        if typed is None or not self.rows[entity_set].valid(typed):
+            name, value, why = self.rows[entity_set].first_bad(serializer, row)
+            raise CoercionError(f"{entity_set}.{name}: the schema cannot take {value!r:.80} ({why})")
+        return typed
 
     def topics_for(self, event: ChangeEvent) -> list[str]:
         """The topics an event goes to: its map's, or, for a shared entity set, those whose filter it passes.
@@ -68,7 +87,9 @@ class Publisher:
         for topic in topics:
             value = self.serializers[event.entity](topic, event.to_avro())
             self.producer.produce(
-                topic, key=event.key.encode(), value=value, on_delivery=on_delivery, headers=self.headers
+                # Case-blind like both services: a record's key from either side lands in the same
+                # partition number, where the consumer keeps its sync state.
+                topic, key=event.key.lower().encode(), value=value, on_delivery=on_delivery, headers=self.headers
             )
         return len(topics)
 
@@ -133,3 +154,40 @@ class Publisher:
         self._stopping.set()
         self._poller.join(timeout=2)
         self.producer.flush(10)
+
+
+class RowSchema:
+    """The row record of one entity's change-event schema, to check values before they reach a batch."""
+
+    def __init__(self, side: str, entity_set: str, schemas_dir: Path | None) -> None:
+        after = next(f for f in schemas.load(side, entity_set, schemas_dir)["fields"] if f["name"] == "after")
+        row = next(t for t in after["type"] if isinstance(t, dict))
+        self.schema = fastavro.parse_schema(row)
+        self.fields = {f["name"]: fastavro.parse_schema(f["type"]) for f in row["fields"]}
+
+    def valid(self, typed: dict[str, Any]) -> bool:
+        return _fits(typed, self.schema)
+
+    def first_bad(self, serializer: registry.EventSerializer, row: dict[str, Any]) -> tuple[str, Any, str]:
+        """(field, source value, why) of the first field that cannot be coerced or written."""
+        for name, schema in self.fields.items():
+            try:
+                typed = serializer.coerce_row({name: row.get(name)})[name]
+            except (ValueError, TypeError, ArithmeticError) as exc:
+                return name, row.get(name), f"{type(exc).__name__}: {exc}"
+            if not _fits(typed, schema):
+                return name, row.get(name), f"not a valid {_type_name(schema)}"
+        return "?", None, "the row does not fit its schema"
+
+
+def _fits(value: Any, schema: Any) -> bool:
+    try:
+        return bool(validate(value, schema, raise_errors=False))
+    except (ValueError, TypeError, ArithmeticError):  # fastavro raises these preparing logical types (decimals)
+        return False
+
+
+def _type_name(schema: Any) -> str:
+    types = schema if isinstance(schema, list) else [schema]
+    named = [t.get("logicalType") or t.get("type") if isinstance(t, dict) else t for t in types if t != "null"]
+    return "/".join(str(t) for t in named) or "value"

@@ -12,21 +12,21 @@ from consumers.dataverse import DataverseTarget
 from consumers.fo import FoTarget
 from consumers.loop import ConsumerLoop
 from consumers.target import Target
-from dualwrite import kafka, registry
+from dualwrite import kafka, metrics, registry
 from dualwrite.config import Config
 from dualwrite.dataverse import DataverseClient, LookupCache
-from dualwrite.envelope import Side
 from dualwrite.errors import ConfigError, DualWriteError
 from dualwrite.fo import FoClient
 from dualwrite.metrics import OpsServer
-from dualwrite.server import BackgroundServer
+from dualwrite.server import BackgroundServer, Tls
+from dualwrite.state import StateStore
 from dualwrite.tablemap import TableMap, load_maps
 from producers.dataverse import DataverseProducer
 from producers.fo import FoProducer
 
 log = logging.getLogger("dualwrite")
 
-NAMES = ("fo-producer", "dataverse-producer", "consumer-dataverse", "consumer-fo")
+NAMES = ("fo-producer", "dataverse-producer", "consumer")
 
 
 class Component(Protocol):
@@ -62,13 +62,15 @@ def prepare(cfg: Config, maps: dict[str, TableMap]) -> None:
     """Idempotent set-up every component may run: topics (with DLQs) and schemas (BACKWARD)."""
     kafka.ensure_topics(cfg.kafka, list(maps.values()))
     registry.check_reachable(cfg.schema_registry)
-    registry.register_all(cfg.schema_registry, cfg.kafka.topic_prefix, list(maps.values()))
+    registry.register_all(cfg.schema_registry, cfg.kafka.topic_prefix, list(maps.values()), cfg.schemas_dir)
 
 
 class FoProducerComponent:
     def __init__(self, cfg: Config, maps: dict[str, TableMap]) -> None:
         self.producer = FoProducer(cfg, maps)
-        self.http = BackgroundServer(self.producer.app, cfg.fo_producer.listen_host, cfg.fo_producer.listen_port)
+        fp = cfg.fo_producer
+        tls = Tls(fp.tls_certfile, fp.tls_keyfile, fp.tls_client_ca) if fp.tls_certfile else None
+        self.http = BackgroundServer(self.producer.app, fp.listen_host, fp.listen_port, tls)
         self.ops = OpsServer(cfg.ops.host, cfg.ops.port, self.ready, self.alive)
         self.ops_url = self.ops.url
         self.url = f"{self.http.url}{cfg.fo_producer.path}"
@@ -120,19 +122,23 @@ class DataverseProducerComponent:
 
 
 class ConsumerComponent:
-    def __init__(self, cfg: Config, maps: dict[str, TableMap], towards: Side) -> None:
-        target: Target
-        if towards is Side.DATAVERSE:
-            client = DataverseClient(cfg.dataverse)
-            target = DataverseTarget(client, maps, LookupCache(client), cfg.dataverse.integration_user_id)
-        else:
-            target = FoTarget(FoClient(cfg.fo), maps, cfg.fo.integration_user_id)
+    """One consumer for both directions: each instance owns partition p of every map topic, and with it the
+    sync state of the records there (restored from the `<prefix>.state` changelog on assignment)."""
+
+    def __init__(self, cfg: Config, maps: dict[str, TableMap]) -> None:
+        dv_client = DataverseClient(cfg.dataverse, "consumer")
+        targets: dict[str, Target] = {
+            "dataverse": DataverseTarget(
+                maps, client=dv_client, lookups=LookupCache(dv_client), schemas_dir=cfg.schemas_dir
+            ),
+            "fo": FoTarget(maps, client=FoClient(cfg.fo), schemas_dir=cfg.schemas_dir),
+        }
         deserializer = registry.EventDeserializer(registry.client(cfg.schema_registry))
-        self.loop = ConsumerLoop(cfg, maps, towards, target, deserializer)
+        store = StateStore(cfg.kafka, cfg.consumer.state_dir)
+        self.loop = ConsumerLoop(cfg, maps, targets, deserializer, store, dv_client.budget)
         self.ops = OpsServer(cfg.ops.host, cfg.ops.port, self.ready, self.alive)
         self.ops_url = self.ops.url
-        name = f"consumer-{towards.value}"
-        self._thread = threading.Thread(target=_guarded(name, self.loop.run), daemon=True, name=name)
+        self._thread = threading.Thread(target=_guarded("consumer", self.loop.run), daemon=True, name="consumer")
 
     def start(self) -> None:
         self.ops.start()
@@ -151,14 +157,14 @@ class ConsumerComponent:
 
 
 def build(name: str, cfg: Config, maps: dict[str, TableMap]) -> Component:
+    if name in NAMES:
+        metrics.initialise(maps.values(), name)  # every series at 0 before its first increment, so alerts see it
     if name == "fo-producer":
         return FoProducerComponent(cfg, maps)
     if name == "dataverse-producer":
         return DataverseProducerComponent(cfg, maps)
-    if name == "consumer-dataverse":
-        return ConsumerComponent(cfg, maps, Side.DATAVERSE)
-    if name == "consumer-fo":
-        return ConsumerComponent(cfg, maps, Side.FO)
+    if name == "consumer":
+        return ConsumerComponent(cfg, maps)
     raise ConfigError(f"unknown component {name!r}; one of {', '.join(NAMES)}")
 
 

@@ -1,0 +1,557 @@
+"""Conflicts decided by what each side had seen, not by the clock. Pure: no I/O.
+
+Per record, dualwrite keeps a `RecordState`: for each side whether the row exists, the newest
+version of it dualwrite knows (and its ETag, for `If-Match`), and for each mapped field the value
+both sides last agreed on (a digest) with the version of each side at which it held. A change
+observed on one side (`Observed`) is compared field by field with that state:
+
+- a field whose observed version is not newer than the version the state has for that side is
+  *stale* (a replay, a late page, a re-delivery, the echo of dualwrite's own write): ignored;
+- a field whose value equals the agreed value did not change;
+- any other field the source changed, and is written to the target, unless the target changed
+  the same field to a different value since the agreed state: only then the map's policy decides
+  (a true conflict). Different fields changed on the two sides both survive.
+
+Writes carry the target's known ETag, so no read is needed while nothing else changed; a 412 (or
+an unknown target) makes the caller read the target and plan again with what it found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Literal
+
+FO, DATAVERSE = "fo", "dataverse"
+SIDES = (FO, DATAVERSE)
+ABSENT = "~absent"  # the digest of every field of a row that does not exist
+NO_VERSION = -1
+
+
+def other(side: str) -> str:
+    return DATAVERSE if side == FO else FO
+
+
+def digest(value: Any) -> str:
+    """A short, stable digest of a canonical field value (equal values, equal digests)."""
+    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+# -- state ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FieldState:
+    """The value both sides agreed on, and the version of each side at which it held."""
+
+    value: str
+    fo: int = NO_VERSION
+    dataverse: int = NO_VERSION
+
+    def version(self, side: str) -> int:
+        return self.fo if side == FO else self.dataverse
+
+
+@dataclass(frozen=True)
+class SideState:
+    """What dualwrite knows of one side's row: None for `exists` means nothing is known yet."""
+
+    exists: bool | None = None
+    version: int = NO_VERSION
+    etag: str | None = None
+    row_id: str | None = None
+    written: int = NO_VERSION  # the version dualwrite's own last write gave the row
+
+
+@dataclass(frozen=True)
+class RecordState:
+    fo: SideState = SideState()
+    dataverse: SideState = SideState()
+    fields: Mapping[str, FieldState] = field(default_factory=dict)
+    # Writes about to be made (recorded before them): after a crash, `resolve` finds out what happened.
+    pending: Pending | None = None
+
+    def side(self, side: str) -> SideState:
+        return self.fo if side == FO else self.dataverse
+
+    def with_side(self, side: str, s: SideState) -> RecordState:
+        return replace(self, fo=s) if side == FO else replace(self, dataverse=s)
+
+    def to_json(self) -> dict[str, Any]:
+        def side(s: SideState) -> list[Any]:
+            return [s.exists, s.version, s.etag, s.row_id, s.written]
+
+        out: dict[str, Any] = {
+            "fo": side(self.fo),
+            "dv": side(self.dataverse),
+            "f": {k: [v.value, v.fo, v.dataverse] for k, v in sorted(self.fields.items())},
+        }
+        if self.pending is not None:
+            out["p"] = self.pending.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RecordState:
+        def side(v: list[Any]) -> SideState:
+            return SideState(v[0], int(v[1]), v[2], v[3], int(v[4]))
+
+        return cls(
+            side(data["fo"]),
+            side(data["dv"]),
+            {k: FieldState(v[0], int(v[1]), int(v[2])) for k, v in data.get("f", {}).items()},
+            Pending.from_json(data["p"]) if data.get("p") else None,
+        )
+
+
+
+
+# -- what was seen -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Observed:
+    """One side's row as a change event or a read showed it. `values` are digests per field pair
+    (only the pairs this side carries); `version` None means it cannot be ordered (never stale)."""
+
+    side: str
+    exists: bool
+    values: Mapping[str, str] = field(default_factory=dict)
+    version: int | None = None
+    etag: str | None = None
+    row_id: str | None = None
+    time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A target's answer to a write: the row's new version, ETag and id (None when it did not say)."""
+
+    version: int | None = None
+    etag: str | None = None
+    row_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What decides a true conflict: `source-of-truth` names a side, else the later change wins."""
+
+    source_of_truth: str | None = None
+
+    def winner(self, a: Observed, b: Observed) -> str:
+        if self.source_of_truth in SIDES:
+            return self.source_of_truth  # type: ignore[return-value]
+        if a.time is not None and b.time is not None and a.time != b.time:
+            return a.side if a.time > b.time else b.side
+        return FO  # a tie (or an unknown time) is decided the same way on every replay
+
+
+# -- the plan ------------------------------------------------------------------------------------------------
+Action = Literal["none", "update", "create", "delete"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do for one observed change. `target` acts on the other side with the source's values
+    of `fields`; `back` writes the target's winning values of `back_fields` to the source side."""
+
+    target: Action = "none"
+    fields: frozenset[str] = frozenset()
+    if_match: str | None = None
+    back: Action = "none"
+    back_fields: frozenset[str] = frozenset()
+    back_if_match: str | None = None
+    needs_target: bool = False  # plan again with the target's current row
+    needs_source: bool = False  # plan again with the source's current row as the change (it is newer)
+    back_refused: bool = False  # the back write was refused (the source changed again): not made
+    stale: bool = False  # nothing of the change is newer than what dualwrite already knows
+    conflicts: frozenset[str] = frozenset()
+    agreed: frozenset[str] = frozenset()  # both sides already hold the same new value
+    changed: frozenset[str] = frozenset()  # fields the source changed since the agreed state
+
+
+NOTHING = Plan()
+NEEDS_TARGET = Plan(needs_target=True)
+NEEDS_SOURCE = Plan(needs_source=True)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A plan being carried out, with what it was planned from."""
+
+    ev: Observed
+    target: Observed | None
+    plan: Plan
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ev": _observed_json(self.ev), "t": _observed_json(self.target), "p": _plan_json(self.plan)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Pending:
+        ev = _observed(data["ev"])
+        assert ev is not None
+        return cls(ev, _observed(data["t"]), _plan(data["p"]))
+
+
+def _observed_json(o: Observed | None) -> Any:
+    if o is None:
+        return None
+    return [o.side, o.exists, dict(o.values), o.version, o.etag, o.row_id, o.time.isoformat() if o.time else None]
+
+
+def _observed(v: Any) -> Observed | None:
+    if v is None:
+        return None
+    return Observed(v[0], v[1], v[2], v[3], v[4], v[5], datetime.fromisoformat(v[6]) if v[6] else None)
+
+
+def _plan_json(p: Plan) -> dict[str, Any]:
+    return {
+        "t": p.target,
+        "f": sorted(p.fields),
+        "m": p.if_match,
+        "b": p.back,
+        "bf": sorted(p.back_fields),
+        "bm": p.back_if_match,
+        "a": sorted(p.agreed),
+        "r": p.back_refused,
+        "c": sorted(p.conflicts),
+        "ch": sorted(p.changed),
+    }
+
+
+def _plan(v: Mapping[str, Any]) -> Plan:
+    return Plan(
+        v["t"],
+        frozenset(v["f"]),
+        v["m"],
+        v["b"],
+        frozenset(v["bf"]),
+        v["bm"],
+        conflicts=frozenset(v.get("c", ())),
+        agreed=frozenset(v.get("a", ())),
+        changed=frozenset(v.get("ch", ())),
+        back_refused=bool(v.get("r")),
+    )
+
+
+EMPTY = RecordState()
+
+
+def begin(state: RecordState, ev: Observed, target: Observed | None, p: Plan) -> RecordState:
+    """The state to record before carrying out `p` (only a plan that writes needs it)."""
+    if p.target == "none" and p.back == "none":
+        return state
+    return replace(state, pending=Pending(ev, target, p))
+
+
+def resolve(
+    state: RecordState,
+    target_now: Observed | None,
+    source_now: Observed | None,
+    one_way: Iterable[str] = (),
+) -> RecordState:
+    """After a crash between the writes of a plan and its `settle`: what the sides hold now tells
+    which writes happened (`target_now`, `source_now`: the rows the plan wrote, read again). A write
+    landed when its row holds at least one of the values it wrote; a field holding another value was
+    changed since by someone else, and stays a change of that side to be synced, except a field in
+    `one_way` (one the map never carries from the target back to the source): there the source's
+    value is asserted again. A row changed since by someone else is not dualwrite's own write: its
+    change event is no echo."""
+    pending = state.pending
+    if pending is None:
+        return state
+    ev, target, p = pending.ev, pending.target, pending.plan
+    base = replace(state, pending=None)
+    planned = target.version if target is not None and target.exists else None
+    if planned is None and target is None:
+        planned = state.side(other(ev.side)).version
+    row = target.row_id if target is not None else state.side(other(ev.side)).row_id
+    landed, overwritten = _landed(p.target, p.fields, ev, target_now, planned, None if p.target == "create" else row)
+    if p.target != "none" and landed is None:
+        return base  # the write did not happen: the change is planned again when its event comes back
+    back, back_overwritten = (None, frozenset[str]())
+    if target is not None and not p.back_refused:
+        source_at = ev.version if ev.version is not None else state.side(ev.side).version
+        source_row = None if p.back == "create" else ev.row_id or state.side(ev.side).row_id
+        back, back_overwritten = _landed(p.back, p.back_fields, target, source_now, source_at, source_row)
+    settled = settle(
+        base,
+        ev,
+        target,
+        replace(p, fields=p.fields - overwritten, back_fields=p.back_fields - back_overwritten),
+        landed,
+        back,
+    )
+    fields = dict(settled.fields)
+    a, b = ev.side, other(ev.side)
+    one_way = frozenset(one_way)
+    for name in overwritten:
+        if name in one_way and target_now is not None and name in target_now.values:
+            # The target holds another value of a field only the source decides: the source's change
+            # is still to be written (its event, planned again, finds the field changed).
+            fields[name] = _at(FieldState(target_now.values[name]), a, NO_VERSION, b, target_now.version)
+        else:  # agreed as written, but the target changed it since: its change, to sync
+            fields[name] = _at(FieldState(ev.values[name]), a, ev.version, b, NO_VERSION)
+    if target is not None:
+        for name in back_overwritten:
+            fields[name] = _at(FieldState(target.values[name]), a, NO_VERSION, b, target.version)
+    settled = replace(settled, fields=fields)
+    if overwritten:  # someone wrote the target after (or instead of) dualwrite
+        settled = settled.with_side(b, replace(settled.side(b), written=NO_VERSION))
+    if back_overwritten:
+        settled = settled.with_side(a, replace(settled.side(a), written=NO_VERSION))
+    return settled
+
+
+def _landed(
+    action: str,
+    names: frozenset[str],
+    wanted: Observed | None,
+    now: Observed | None,
+    planned: int | None,
+    row_id: str | None,
+) -> tuple[Ack | None, frozenset[str]]:
+    """(an Ack when the write of `names` landed, the fields of it someone changed since).
+
+    The row as `now` shows it landed the write when it holds one of the values written, or when its
+    version moved past the one it was planned on (`planned`; None: the row was not there). A field
+    that holds another value was changed since. (When the version moved because someone else wrote
+    instead, their change was concurrent with this one, and taking theirs loses nothing they saw.)"""
+    if action == "none" or now is None or wanted is None:
+        return None, frozenset()
+    if action == "delete":
+        return (Ack() if not now.exists or (row_id and now.row_id != row_id) else None), frozenset()
+    if not now.exists or (row_id and now.row_id and now.row_id != row_id):
+        return None, frozenset()  # gone, or another row now: what the write did went with the old one
+    held = {n for n in names if now.values.get(n) == wanted.values.get(n)}
+    moved = planned is None or (now.version is not None and now.version > planned)
+    if names and not held and not moved:
+        return None, frozenset()
+    return Ack(now.version, now.etag, now.row_id), frozenset(names - held)
+
+
+def _newest(a: int | None, b: int) -> int:
+    return b if a is None else max(a, b)
+
+
+def _changed(state: RecordState, ev: Observed, carried: Iterable[str]) -> tuple[set[str], set[str], set[str]]:
+    """(changed, unchanged, stale) fields of the source's change, against the agreed state."""
+    changed, unchanged, stale = set(), set(), set()
+    for name in carried:
+        if name not in ev.values:
+            continue
+        fs = state.fields.get(name)
+        if fs is not None and ev.version is not None and ev.version <= fs.version(ev.side):
+            stale.add(name)
+        elif fs is not None and ev.values[name] == fs.value:
+            unchanged.add(name)
+        else:
+            changed.add(name)
+    return changed, unchanged, stale
+
+
+def _etag(s: SideState, seen: Observed) -> str | None:
+    """The ETag of the newest version known of a side: the observed one or the state's (None when the
+    newest version came without one: a write then needs a read first)."""
+    if seen.version is None:
+        return seen.etag or s.etag
+    if seen.version > s.version:
+        return seen.etag
+    if seen.version == s.version:
+        return seen.etag or s.etag
+    return s.etag
+
+
+def plan(
+    state: RecordState,
+    ev: Observed,
+    target: Observed | None,
+    carried: Iterable[str],
+    carried_back: Iterable[str],
+    policy: Policy = Policy(),
+    repair: bool = False,
+) -> Plan:
+    """The plan for a change `ev` of one side, given the record's state and, when read, the other
+    side's current row `target`. `carried`: the field pairs the map writes towards the target;
+    `carried_back`: the ones it writes towards the source (for a conflict the target wins).
+
+    `repair`: the change is the source's row as reconcile read it, because the target drifted without
+    an event dualwrite could see. Its one-way fields are then written where the target holds other
+    values even if the versions are known (unless the source changed since: its newer change decides)."""
+    a, b = ev.side, other(ev.side)
+    sa, sb = state.side(a), state.side(b)
+    carried, carried_back = frozenset(carried), frozenset(carried_back)
+    older = ev.version is not None and ev.version < sa.version
+    if repair and older:
+        return replace(NOTHING, stale=True)  # the source changed after reconcile read it
+    if repair and target is None and ev.exists:
+        return NEEDS_TARGET
+    if ev.row_id and sa.row_id and ev.row_id != sa.row_id and (older or not ev.exists):
+        return replace(NOTHING, stale=True)  # a change of an earlier incarnation of the row
+    if ev.version is not None and ev.version < sa.version and not ev.exists:
+        return replace(NOTHING, stale=True)  # deleted at an older version: the row was re-created since
+    if not ev.exists:
+        return _plan_delete(state, ev, target, carried_back, policy)
+    if sa.exists is False and ev.version is not None and ev.version <= sa.version:
+        return replace(NOTHING, stale=True)  # a change of a row deleted since
+    changed, _, stale = _changed(state, ev, carried)
+    behind = ev.version is not None and ev.version < sa.version  # dualwrite wrote the source since
+    if target is None:
+        if not changed and sb.exists is True:
+            return replace(NOTHING, stale=bool(stale) and not changed)
+        # (nothing changed, but the row may be missing on the target: a map of key fields only,
+        # or a row whose fields all agree, still needs its row there)
+        if sb.exists is None or (sb.exists and sb.etag is None):
+            return NEEDS_TARGET
+        if sb.exists is False:
+            if behind:
+                return NEEDS_SOURCE  # a new row is made of all fields: take them from the source as it is now
+            return Plan("create", carried & frozenset(ev.values), changed=frozenset(changed))
+        return Plan("update", frozenset(changed), sb.etag, changed=frozenset(changed))
+    if not target.exists:
+        echo = ev.version is not None and ev.version == sa.written
+        if echo or (not changed and sb.exists is True):
+            # The row dualwrite itself wrote, or a source that changed nothing, is no person's update:
+            # it never brings back a row the target deleted since (whose delete event is on its way).
+            return replace(NOTHING, stale=bool(stale) and not changed)
+        # Gone on the target: created anew. When it was there before, its delete was concurrent with
+        # this change, and an update beats a concurrent delete (no data is lost; its delete event
+        # names the old row and is stale by then).
+        if behind:
+            return NEEDS_SOURCE
+        return Plan("create", carried & frozenset(ev.values), changed=frozenset(changed))
+    write, back, conflicts, agreed = set(), set(), set(), set()
+    unknown = sb.exists is not True  # no agreed state: every difference is a conflict
+    for name in changed:
+        fs = state.fields.get(name)
+        tv = target.values.get(name)
+        if tv is None:
+            write.add(name)  # a field the target does not carry back: nothing there to protect
+            continue
+        target_changed = unknown or fs is None or tv != fs.value
+        if not target_changed:
+            write.add(name)
+        elif tv == ev.values[name]:
+            agreed.add(name)
+        elif policy.winner(ev, target) == a or name not in carried_back:
+            write.add(name)
+            conflicts.add(name)
+        else:
+            back.add(name)
+            conflicts.add(name)
+    for name in (carried - carried_back) - changed - (set() if repair else stale):
+        # A one-way field the target holds otherwise (a row it made anew): the source's value wins.
+        if name in ev.values and name in target.values and target.values[name] != ev.values[name]:
+            write.add(name)
+    return Plan(
+        "update" if write else "none",
+        frozenset(write),
+        target.etag,
+        "update" if back else "none",
+        frozenset(back),
+        _etag(sa, ev),
+        conflicts=frozenset(conflicts),
+        agreed=frozenset(agreed),
+        changed=frozenset(changed),
+    )
+
+
+def _plan_delete(
+    state: RecordState, ev: Observed, target: Observed | None, carried_back: frozenset[str], policy: Policy
+) -> Plan:
+    b = other(ev.side)
+    sa, sb = state.side(ev.side), state.side(b)
+    if sa.exists is False and sb.exists is False:
+        return replace(NOTHING, stale=True)  # deleted on both sides: a duplicate, or the echo of our delete
+    if target is None:
+        if sb.exists is False:
+            return NOTHING
+        if sb.exists is None or sb.etag is None:
+            return NEEDS_TARGET
+        return Plan("delete", if_match=sb.etag)
+    if not target.exists:
+        return NOTHING
+    target_changed = sb.exists is not True or (target.version is not None and target.version > sb.version)
+    if target_changed and sb.exists is True:
+        target_changed = any(state.fields.get(n, FieldState(ABSENT)).value != v for n, v in target.values.items())
+    if target_changed and sb.exists is True:
+        # A concurrent update of the target beats this delete: the source gets the row back.
+        return Plan(back="create", back_fields=carried_back & frozenset(target.values), conflicts=frozenset({"*"}))
+    return Plan("delete", if_match=target.etag)
+
+
+# -- the state after the plan was carried out ----------------------------------------------------------------
+def settle(
+    state: RecordState,
+    ev: Observed,
+    target: Observed | None,
+    p: Plan,
+    target_ack: Ack | None = None,
+    back_ack: Ack | None = None,
+) -> RecordState:
+    """The record's state once `p` was carried out. `target_ack` answers the target write (required
+    when the plan has one); `back_ack` the write back to the source (None when it was not made or was
+    refused because the source changed again: that conflict is decided anew on the source's next change)."""
+    state = replace(state, pending=None)
+    if p.stale:
+        return state
+    a, b = ev.side, other(ev.side)
+    sa, sb = state.side(a), state.side(b)
+    fields = dict(state.fields)
+    ev_v = NO_VERSION if ev.version is None else ev.version
+    if ev.version is None or ev.version >= sa.version:  # an older change says nothing of the row now
+        sa = replace(sa, exists=ev.exists, row_id=ev.row_id or sa.row_id)
+    sa = replace(sa, version=_newest(ev.version, sa.version), etag=_etag(sa, ev))
+    tv = sb.version
+    if target is not None and target.exists:
+        # A read shows the row; that it is gone is learnt from its delete event, not from a read.
+        tv = _newest(target.version, sb.version)
+        sb = replace(sb, exists=True, version=tv, etag=_etag(sb, target), row_id=target.row_id or sb.row_id)
+    if target_ack is not None:
+        version = _newest(target_ack.version, sb.version)
+        written = NO_VERSION if target_ack.version is None else target_ack.version
+        sb = SideState(p.target != "delete", version, target_ack.etag, target_ack.row_id or sb.row_id, written)
+    if not ev.exists:
+        if p.back == "create" and back_ack is not None and target is not None:
+            sa = SideState(True, _newest(back_ack.version, sa.version), back_ack.etag, back_ack.row_id, _v(back_ack))
+            for name in p.back_fields:
+                fields[name] = _at(FieldState(target.values[name]), a, back_ack.version, b, tv)
+            return _state(a, sa, sb, fields)
+        if p.back == "none":  # deleted on both sides now
+            sb = replace(sb, exists=False, etag=None)
+            fields = {n: _at(FieldState(ABSENT), a, ev_v, b, sb.version) for n in fields}
+        return _state(a, sa, sb, fields)
+    if target_ack is not None:
+        for name in p.fields:
+            fields[name] = _at(FieldState(ev.values[name]), a, ev_v, b, target_ack.version)
+    for name in p.agreed:
+        fields[name] = _at(FieldState(ev.values[name]), a, ev_v, b, tv)
+    for name, value in ev.values.items():
+        fs = fields.get(name)
+        if fs is not None and fs.value == value and name not in p.fields and name not in p.agreed:
+            fields[name] = _at(fs, a, max(ev_v, fs.version(a)), b, None)  # the source still holds the agreed value
+        elif fs is None and name not in p.back_fields:
+            # Seen on the source only (a field the map does not write towards the target): what the source
+            # holds, so that the other side's same value later needs no write.
+            fields[name] = _at(FieldState(value), a, ev_v, b, NO_VERSION)
+    if back_ack is not None and target is not None:
+        version = _newest(back_ack.version, sa.version)
+        sa = SideState(True, version, back_ack.etag or sa.etag, sa.row_id, _v(back_ack))
+        for name in p.back_fields:
+            fields[name] = _at(FieldState(target.values[name]), a, back_ack.version, b, tv)
+    return _state(a, sa, sb, fields)
+
+
+def _v(ack: Ack) -> int:
+    return NO_VERSION if ack.version is None else ack.version
+
+
+def _at(fs: FieldState, a: str, va: int | None, b: str, vb: int | None) -> FieldState:
+    """The field state with side `a` at version `va` and side `b` at `vb` (None keeps what it had)."""
+    versions = {a: fs.version(a) if va is None else va, b: fs.version(b) if vb is None else vb}
+    return FieldState(fs.value, versions[FO], versions[DATAVERSE])
+
+
+def _state(a: str, sa: SideState, sb: SideState, fields: dict[str, FieldState]) -> RecordState:
+    fo, dv = (sa, sb) if a == FO else (sb, sa)
+    return RecordState(fo, dv, fields)

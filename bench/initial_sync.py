@@ -11,29 +11,16 @@ import resource
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from dualwrite.initial_sync import InitialSync, MapProgress
-from standins import fo as fo_standin
-from standins import seed
-from standins.harness import LocalStack
+from wiring.initial_sync import InitialSync, MapProgress
+from wiring.stack import LocalStack
 
 
 def load_customers(stack: LocalStack, n: int) -> None:
-    store = stack.servers["fo"].server.config.app.state.store  # type: ignore[attr-defined]
-    entity = store.entity("CustomersV3")
-    rows: list[dict[str, Any]] = []
-    for i in range(n):
-        company = "usmf" if i % 2 == 0 else "demf"
-        values = seed._customer(company, 26 + i // 2)  # realistic rows, after the 25 seeded per company
-        values["CustomerAccount"] = f"{'US' if company == 'usmf' else 'DE'}-B{i:07d}"
-        values.update({f.name: fo_standin.empty_value(f) for f in entity.fields if f.name not in values})
-        rows.append(values)
-        if len(rows) == 10_000:
-            store.insert_many(entity, rows, seed.SYSTEM_USER)
-            rows = []
-    if rows:
-        store.insert_many(entity, rows, seed.SYSTEM_USER)
+    """`n` bulk-loaded F&O customers (the same rows as bench/reconcile.py)."""
+    from reconcile import load_customers as load
+
+    load(stack, 0, n)
 
 
 def run(customers: int, page: int) -> None:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from standins.harness import LocalStack
+from wiring.stack import LocalStack
 
 
 def _wait(probe: Any, timeout_s: float = 30.0) -> float:

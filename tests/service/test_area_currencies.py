@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from standins.harness import LocalStack, dv_one, dv_rows, eventually
 from standins.store import SYSTEM_USER
+from wiring.stack import LocalStack, dv_one, dv_rows, eventually
 
 pytestmark = pytest.mark.service
 

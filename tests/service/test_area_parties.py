@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from standins.harness import LocalStack, dv_company_id, eventually
+from wiring.stack import LocalStack, dv_company_id, eventually
 
 pytestmark = pytest.mark.service
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from dualwrite import dlq, kafka
-from standins.harness import LocalStack, dv_company_id, dv_rows, eventually
+from wiring.stack import LocalStack, dv_company_id, dv_rows, eventually
 
 pytestmark = pytest.mark.service
 AREA_MAPS = (

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dualwrite.stack import Ports, local_config
+from wiring.stack import Ports, local_config
 
 pytestmark = pytest.mark.service
 
 
 def dualwrite(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "dualwrite.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "wiring.cli", *args], capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -33,7 +33,7 @@ def one_clear_line(result: subprocess.CompletedProcess[str], expected: str) -> N
 def config_file(tmp_path: Path) -> Path:
     ports = Ports(broker=1, registry=2, token=3, fo=4, dataverse=5, fo_events=6)
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(local_config(ports, tmp_path)))
+    path.write_text(yaml.safe_dump(local_config(ports)))
     return path
 
 
@@ -49,11 +49,11 @@ def test_config_with_a_wrong_field_names_it(config_file: Path) -> None:
     raw = yaml.safe_load(config_file.read_text())
     raw["consumer"] = {"batch_sise": 10}
     config_file.write_text(yaml.safe_dump(raw))
-    one_clear_line(dualwrite("run", "consumer-fo", "--config", str(config_file)), "consumer.batch_sise")
+    one_clear_line(dualwrite("run", "consumer", "--config", str(config_file)), "consumer.batch_sise")
 
 
 def test_broker_that_is_not_there(config_file: Path) -> None:
-    result = dualwrite("run", "consumer-fo", "--config", str(config_file))
+    result = dualwrite("run", "consumer", "--config", str(config_file))
     one_clear_line(result, "no Kafka broker answered at 127.0.0.1:1")
     assert "rdkafka" not in result.stderr
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from standins.harness import LocalStack, eventually
+from wiring.stack import LocalStack, eventually
 
 pytestmark = pytest.mark.service
 

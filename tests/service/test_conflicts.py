@@ -13,11 +13,9 @@ import httpx
 import pytest
 from confluent_kafka import TopicPartition
 
-from consumers.loop import group_id
 from dualwrite import control, kafka
-from dualwrite.envelope import Side
 from dualwrite.tablemap import builtin_maps_dir
-from standins.harness import LocalStack, dv_company_id, eventually
+from wiring.stack import LocalStack, dv_company_id, eventually
 
 pytestmark = pytest.mark.service
 
@@ -27,7 +25,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     maps = tmp_path_factory.mktemp("maps")
     for f in builtin_maps_dir().glob("*.yaml"):
         shutil.copy(f, maps / f.name)
-    policies = {"payment-terms": "{source-of-truth: fo, window_s: 60}", "vendor-groups": "{source-of-truth: dataverse}"}
+    policies = {"payment-terms": "{source-of-truth: fo}", "vendor-groups": "{source-of-truth: dataverse}"}
     for name, policy in policies.items():
         path = maps / f"{name}.yaml"
         text = path.read_text()
@@ -80,7 +78,7 @@ def both_hold(fo: httpx.Client, dv: httpx.Client, kind: str, key: str, value: st
 
 def set_paused(stack: LocalStack, map_name: str, paused: bool) -> None:
     control.set_state(stack.config.kafka, map_name, "paused" if paused else "running")
-    loops = [stack.components[n].loop for n in ("consumer-dataverse", "consumer-fo")]
+    loops = [stack.components["consumer"].loop]
     eventually(
         lambda: all((map_name in loop.control.paused) == paused for loop in loops),
         what=f"both consumers see {map_name} {'paused' if paused else 'running'}",
@@ -145,11 +143,11 @@ def test_source_of_truth_fo_wins_even_over_a_later_dataverse_edit(
     settled(lambda: both_hold(fo, dv, "terms", "Net45", "from F&O"), "Net45 holds F&O's edit on both sides")
 
 
-def test_source_of_truth_fo_takes_back_a_dataverse_edit_made_within_the_window(
+def test_a_dataverse_edit_after_the_synced_fo_change_wins_even_where_fo_is_the_source_of_truth(
     stack: LocalStack, fo: httpx.Client, dv: httpx.Client
 ) -> None:
-    """Not concurrent in Kafka terms: F&O's edit is already synced when Dataverse edits. Within the
-    window F&O still wins, so its row is sent out again and Dataverse gets F&O's value back."""
+    """Not concurrent: F&O's edit is already in Dataverse when Dataverse edits, so Dataverse's edit saw it
+    and is the later one. Source-of-truth decides only true conflicts; this is none, whatever the clock."""
     fo.patch("PaymentTerms(dataAreaId='usmf',Name='Net10')", json={"Description": "F&O says"})
     row = eventually(
         lambda: (
@@ -161,7 +159,56 @@ def test_source_of_truth_fo_takes_back_a_dataverse_edit_made_within_the_window(
     )
     dv.patch(f"msdyn_paymentterms({row['msdyn_paymenttermid']})", json={"msdyn_description": "Dataverse says"})
 
-    settled(lambda: both_hold(fo, dv, "terms", "Net10", "F&O says"), "Net10 back to F&O's value on both sides")
+    settled(lambda: both_hold(fo, dv, "terms", "Net10", "Dataverse says"), "Net10 holds Dataverse's later edit")
+
+
+def test_concurrent_edits_of_different_fields_both_survive(
+    stack: LocalStack, fo: httpx.Client, dv: httpx.Client
+) -> None:
+    row = eventually(lambda: dv_row(dv, "accounts", "accountnumber", "US-008"), what="US-008 in Dataverse")
+    set_paused(stack, "customers", True)
+    try:
+        fo.patch("CustomersV3(dataAreaId='usmf',CustomerAccount='US-008')", json={"CreditRating": "FO-RATING"})
+        dv.patch(f"accounts({row['accountid']})", json={"description": "DV memo"})
+        time.sleep(0.6)  # the Dataverse producer publishes while the map is paused
+    finally:
+        set_paused(stack, "customers", False)
+
+    def both() -> bool:
+        f = fo_row(fo, "CustomersV3", CustomerAccount="US-008")
+        d = dv_row(dv, "accounts", "accountnumber", "US-008")
+        return bool(
+            f
+            and d
+            and f["CreditRating"] == d["msdyn_creditrating"] == "FO-RATING"
+            and f["SalesMemo"] == d["description"] == "DV memo"
+        )
+
+    settled(both, "US-008 holds F&O's rating and Dataverse's memo on both sides")
+
+
+def test_concurrent_edits_of_one_field_converge_and_settle(
+    stack: LocalStack, fo: httpx.Client, dv: httpx.Client
+) -> None:
+    row = eventually(lambda: dv_row(dv, "accounts", "accountnumber", "US-009"), what="US-009 in Dataverse")
+    for i in range(5):  # both sides edit the same field at once, again and again
+        fo.patch("CustomersV3(dataAreaId='usmf',CustomerAccount='US-009')", json={"CreditRating": f"F{i}"})
+        dv.patch(f"accounts({row['accountid']})", json={"msdyn_creditrating": f"D{i}"})
+
+    def same() -> str | None:
+        f = fo_row(fo, "CustomersV3", CustomerAccount="US-009")
+        d = dv_row(dv, "accounts", "accountnumber", "US-009")
+        return f["CreditRating"] if f and d and f["CreditRating"] == d["msdyn_creditrating"] else None
+
+    value = eventually(same, what="both sides hold the same rating")
+    assert value in {"F4", "D4"}, value  # one of the last edits, not an older one
+    tags = (
+        (fo_row(fo, "CustomersV3", CustomerAccount="US-009") or {}).get("@odata.etag"),
+        (dv_row(dv, "accounts", "accountnumber", "US-009") or {}).get("@odata.etag"),
+    )
+    time.sleep(2.0)  # both producers polled, the consumer ran: nothing more is written (no ping-pong)
+    assert (fo_row(fo, "CustomersV3", CustomerAccount="US-009") or {}).get("@odata.etag") == tags[0]
+    assert (dv_row(dv, "accounts", "accountnumber", "US-009") or {}).get("@odata.etag") == tags[1]
 
 
 def test_source_of_truth_dataverse_wins_even_over_a_later_fo_edit(
@@ -186,8 +233,8 @@ def test_source_of_truth_dataverse_wins_even_over_a_later_fo_edit(
 def test_edits_in_the_same_second_end_with_fo_s_value_on_both_sides(
     stack: LocalStack, fo: httpx.Client, dv: httpx.Client
 ) -> None:
-    """Both systems keep whole seconds, so a Dataverse edit in the same second as F&O's is a tie:
-    F&O wins, and Dataverse gets F&O's row back."""
+    """Concurrent edits (the map is paused) in the same second: both systems keep whole seconds, so
+    last-writer-wins has a tie, which F&O wins the same way from both sides."""
     row = eventually(lambda: dv_row(dv, "accounts", "accountnumber", "US-006"), what="US-006 in Dataverse")
     set_paused(stack, "customers", True)
     try:
@@ -218,16 +265,16 @@ def test_an_old_event_replayed_does_not_overwrite_a_newer_value(
     )
     # Replay the F&O topic of the customers map from the start: every old F&O event comes again.
     topic = kafka.map_topics(stack.config.kafka.topic_prefix, stack.maps["customers"])["fo"]
-    stack.components["consumer-dataverse"].stop()
-    del stack.components["consumer-dataverse"]
-    c = kafka.consumer(stack.config.kafka, group_id(stack.config.kafka.topic_prefix, Side.DATAVERSE))
+    stack.components["consumer"].stop()
+    del stack.components["consumer"]
+    c = kafka.consumer(stack.config.kafka, kafka.group_id(stack.config.kafka.topic_prefix))
     try:
         meta = c.list_topics(topic, timeout=10).topics[topic]
         c.commit(offsets=[TopicPartition(topic, p, 0) for p in meta.partitions], asynchronous=False)
     finally:
         c.close()
-    stack.start_components(("consumer-dataverse",))
-    group = group_id(stack.config.kafka.topic_prefix, Side.DATAVERSE)
+    stack.start_components(("consumer",))
+    group = kafka.group_id(stack.config.kafka.topic_prefix)
     stack.wait_applied(group, [topic])  # the replayed topic applied again
     settled(
         lambda: (d := dv_row(dv, "accounts", "accountnumber", "US-005")) is not None and d["description"] == "new",

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from dualwrite.initial_sync import InitialSync, MapProgress
 from dualwrite.tablemap import builtin_maps_dir
-from standins.harness import SEEDED_DATAVERSE_ROWS, SEEDED_EQUAL_CURRENCIES, LocalStack, eventually
+from wiring.initial_sync import InitialSync, MapProgress
+from wiring.stack import SEEDED_DATAVERSE_ROWS, SEEDED_EQUAL_CURRENCIES, LocalStack, eventually
 
 pytestmark = pytest.mark.service
 
@@ -44,7 +44,7 @@ def test_initial_sync_copies_in_dependency_order_and_counts_dead_letters(stack: 
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(stack.config.model_dump(mode="json")))
     out = subprocess.run(
-        [sys.executable, "-m", "dualwrite.cli", "sync", "initial", "--config", str(cfg)],
+        [sys.executable, "-m", "wiring.cli", "sync", "initial", "--config", str(cfg)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -114,7 +114,7 @@ def test_initial_sync_from_dataverse_as_master_resumes_after_a_crash(tmp_path: P
     (tmp_path / "run").mkdir()
     stack = LocalStack.start(tmp_path / "run", maps_dir=maps, with_components=False, companies=["usmf", "demf"])
     try:
-        stack.start_components(("fo-producer", "consumer-dataverse", "consumer-fo"))
+        stack.start_components(("fo-producer", "consumer"))
         first = InitialSync(stack.config, stack.maps, page=2)
         first.run(["companies"], lambda p: None)
         dv = stack.user_client("dataverse")

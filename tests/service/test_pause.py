@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from standins.harness import LocalStack, eventually
+from wiring.stack import LocalStack, eventually
 
 pytestmark = pytest.mark.service
 
@@ -34,7 +34,7 @@ def cli(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "dualwrite.cli", *args, "--config", str(cfg)],
+            [sys.executable, "-m", "wiring.cli", *args, "--config", str(cfg)],
             capture_output=True,
             text=True,
             timeout=60,

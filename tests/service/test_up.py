@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from standins.harness import eventually
+from wiring.stack import eventually
 
 pytestmark = pytest.mark.service
 
@@ -34,7 +34,7 @@ def _children(pid: int) -> list[int]:
 def test_up_starts_everything_writes_stack_json_and_stops_on_sigterm(tmp_path: Path) -> None:
     state = tmp_path / ".dualwrite"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dualwrite.cli", "up", "--state-dir", str(state)],
+        [sys.executable, "-m", "wiring.cli", "up", "--state-dir", str(state)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -46,7 +46,7 @@ def test_up_starts_everything_writes_stack_json_and_stops_on_sigterm(tmp_path: P
         eventually(stack_file.exists, timeout_s=90, interval_s=0.2, what="stack.json")
         urls = json.loads(stack_file.read_text())
         children = _children(proc.pid)
-        assert len(children) == 9  # broker, 4 stand-ins, 2 producers, 2 consumers
+        assert len(children) == 8  # broker, 4 stand-ins, 2 producers, the consumer
         host, port = urls["kafka_bootstrap"].split(":")
         assert host == "127.0.0.1" and int(port) > 0
         assert httpx.get(f"{urls['schema_registry']}/subjects").json()  # schemas registered at start-up
@@ -69,7 +69,7 @@ def test_up_starts_everything_writes_stack_json_and_stops_on_sigterm(tmp_path: P
             what="the seeded customers in Dataverse",
         )
         status = subprocess.run(
-            [sys.executable, "-m", "dualwrite.cli", "status"],
+            [sys.executable, "-m", "wiring.cli", "status"],
             capture_output=True,
             text=True,
             cwd=tmp_path,

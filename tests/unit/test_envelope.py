@@ -51,6 +51,7 @@ def test_every_schema_has_the_envelope_fields() -> None:
             "key",
             "source_time",
             "source_version",
+            "source_id",
             "origin",
             "after",
         ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from dualwrite.envelope import ChangeEvent, Op, Origin, Side, record_key
 from dualwrite.errors import MappingError
-from dualwrite.mapping import LookupRef, changed_fields, map_event, may_overwrite
+from dualwrite.mapping import LookupRef, changed_fields, map_event
 from dualwrite.tablemap import Conflict, load_maps
 
 MAPS = load_maps()
@@ -152,36 +152,10 @@ def test_empty_dataverse_values_become_fo_empties_and_converge() -> None:
 
 
 # -- conflicts ---------------------------------------------------------------------------------------
-def _t(seconds: float) -> datetime:
-    return datetime(2026, 11, 25, 12, 0, tzinfo=UTC) + timedelta(seconds=seconds)
-
-
-def test_last_writer_wins_never_lets_an_older_event_overwrite_a_newer_change() -> None:
-    lww = Conflict(policy="last-writer-wins")
-    assert may_overwrite(lww, Side.DATAVERSE, _t(10), _t(5))  # the event is newer
-    assert not may_overwrite(lww, Side.DATAVERSE, _t(5), _t(10))  # the target's change is newer
-    assert not may_overwrite(lww, Side.FO, _t(5), _t(10))
-    assert may_overwrite(lww, Side.DATAVERSE, _t(5), None)  # dualwrite wrote the target last
-    # A tie goes to F&O, the same way from both sides, so the two sides cannot disagree.
-    assert may_overwrite(lww, Side.DATAVERSE, _t(5), _t(5))
-    assert not may_overwrite(lww, Side.FO, _t(5), _t(5))
-
-
-def test_source_of_truth_wins_concurrent_edits_either_way_round() -> None:
-    fo_wins = Conflict.model_validate({"source-of-truth": "fo", "window_s": 60})
-    assert fo_wins.policy == "source-of-truth" and fo_wins.source_of_truth == "fo"
-    # F&O changed at 0, Dataverse at 30 (later, within the window): F&O still wins, both ways round.
-    assert may_overwrite(fo_wins, Side.DATAVERSE, _t(0), _t(30))
-    assert not may_overwrite(fo_wins, Side.FO, _t(30), _t(0))
-    # A Dataverse change well after the window is a new edit: the later change wins as usual.
-    assert not may_overwrite(fo_wins, Side.DATAVERSE, _t(0), _t(120))
-    assert may_overwrite(fo_wins, Side.FO, _t(120), _t(0))
-    dv_wins = Conflict.model_validate({"source-of-truth": "dataverse", "window_s": 60})
-    assert may_overwrite(dv_wins, Side.FO, _t(0), _t(30))
-    assert not may_overwrite(dv_wins, Side.DATAVERSE, _t(30), _t(0))
-
-
 def test_conflict_policy_spellings() -> None:
     assert Conflict.model_validate("last-writer-wins").policy == "last-writer-wins"
     with pytest.raises(ValidationError):
         Conflict.model_validate({"source-of-truth": "crm"})
+    assert Conflict.model_validate({"source-of-truth": "fo"}).source_of_truth == "fo"
+    with pytest.raises(ValidationError, match="window_s"):  # the clock no longer decides: say so
+        Conflict.model_validate({"source-of-truth": "fo", "window_s": 60})

@@ -1,0 +1,162 @@
+"""The merge rules on the cases a user meets; `test_merge_model.py` searches the interleavings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from dualwrite.merge import (
+    DATAVERSE,
+    EMPTY,
+    FO,
+    Ack,
+    Observed,
+    Policy,
+    RecordState,
+    begin,
+    digest,
+    plan,
+    resolve,
+    settle,
+)
+
+FIELDS = frozenset({"name", "memo"})
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def seen(
+    side: str, version: int, exists: bool = True, row_id: str | None = None, at: int = 0, **values: str
+) -> Observed:
+    etag = f'W/"{version}"'
+    return Observed(
+        side,
+        exists,
+        {k: digest(v) for k, v in values.items()},
+        version,
+        etag,
+        row_id or f"{side}-1",
+        T0 + timedelta(seconds=at),
+    )
+
+
+def synced(name: str = "N0", memo: str = "M0") -> RecordState:
+    """A record both sides agree on: F&O at version 10, Dataverse at version 100."""
+    fo = seen(FO, 10, name=name, memo=memo)
+    p = plan(EMPTY, fo, seen(DATAVERSE, 100, name=name, memo=memo), FIELDS, FIELDS)
+    assert p.target == "none" and p.agreed == FIELDS
+    return settle(EMPTY, fo, seen(DATAVERSE, 100, name=name, memo=memo), p)
+
+
+def test_a_dataverse_edit_right_after_the_synced_fo_change_wins_whatever_the_clock() -> None:
+    state = synced()
+    fo_change = seen(FO, 11, at=5, name="N1", memo="M0")
+    p = plan(state, fo_change, None, FIELDS, FIELDS)
+    assert p.target == "update" and p.fields == {"name"} and p.if_match == 'W/"100"'  # no read needed
+    state = settle(state, fo_change, None, p, Ack(101, 'W/"101"'))
+    # A person renames it in Dataverse in the same second (even "earlier" by the clock).
+    dv_edit = seen(DATAVERSE, 102, at=4, name="N2", memo="M0")
+    p = plan(state, dv_edit, None, FIELDS, FIELDS)
+    assert p.target == "update" and p.fields == {"name"} and not p.conflicts
+
+
+def test_the_echo_of_dualwrites_own_write_is_stale() -> None:
+    state = synced()
+    change = seen(FO, 11, name="N1", memo="M0")
+    state = settle(state, change, None, plan(state, change, None, FIELDS, FIELDS), Ack(101, 'W/"101"'))
+    echo = seen(DATAVERSE, 101, name="N1", memo="M0")
+    assert plan(state, echo, None, FIELDS, FIELDS).stale
+
+
+def test_a_persons_edit_in_a_row_dualwrite_wrote_later_is_not_taken_for_an_echo() -> None:
+    """Change tracking shows the latest state only: modified by dualwrite, holding a person's edit."""
+    state = synced()
+    change = seen(FO, 11, name="N1", memo="M0")
+    state = settle(state, change, None, plan(state, change, None, FIELDS, FIELDS), Ack(102, 'W/"102"'))
+    # The person changed memo at version 101; dualwrite wrote name at 102; one poll sees version 102.
+    polled = seen(DATAVERSE, 102, name="N1", memo="M1")
+    p = plan(state, polled, None, FIELDS, FIELDS)
+    assert p.target == "update" and p.fields == {"memo"}
+
+
+def test_concurrent_edits_of_different_fields_both_survive() -> None:
+    state = synced()
+    fo_change = seen(FO, 11, at=1, name="N1", memo="M0")
+    dv_now = seen(DATAVERSE, 101, at=2, name="N0", memo="M1")  # the write met a 412 and read this
+    p = plan(state, fo_change, dv_now, FIELDS, FIELDS)
+    assert p.target == "update" and p.fields == {"name"} and p.if_match == 'W/"101"' and not p.conflicts
+    state = settle(state, fo_change, dv_now, p, Ack(102, 'W/"102"'))
+    dv_event = seen(DATAVERSE, 101, at=2, name="N0", memo="M1")  # its own event comes later
+    p = plan(state, dv_event, None, FIELDS, FIELDS)
+    assert p.target == "update" and p.fields == {"memo"}  # name is stale (dualwrite wrote it at 102)
+
+
+def test_a_true_conflict_goes_to_the_policy_and_the_winner_reaches_both_sides() -> None:
+    state = synced()
+    fo_change = seen(FO, 11, at=1, name="FO", memo="M0")
+    dv_now = seen(DATAVERSE, 101, at=2, name="DV", memo="M0")
+    p = plan(state, fo_change, dv_now, FIELDS, FIELDS)  # later writer: Dataverse
+    assert p.conflicts == {"name"} and p.target == "none" and p.back == "update" and p.back_fields == {"name"}
+    p = plan(state, fo_change, dv_now, FIELDS, FIELDS, Policy(source_of_truth=FO))
+    assert p.conflicts == {"name"} and p.target == "update" and p.fields == {"name"} and p.back == "none"
+
+
+def test_an_old_event_replayed_never_brings_an_old_value_back() -> None:
+    state = synced()
+    old = seen(FO, 11, name="N1", memo="M0")
+    new = seen(FO, 12, name="N2", memo="M0")
+    state = settle(state, new, None, plan(state, new, None, FIELDS, FIELDS), Ack(101, 'W/"101"'))
+    assert plan(state, old, None, FIELDS, FIELDS).stale
+
+
+def test_a_delete_of_an_earlier_row_is_stale_and_an_update_beats_a_concurrent_delete() -> None:
+    state = synced()
+    assert plan(state, seen(DATAVERSE, 0, exists=False, row_id="old-row"), None, FIELDS, FIELDS).stale
+    fo_change = seen(FO, 11, name="N1", memo="M0")
+    gone = Observed(DATAVERSE, False)
+    p = plan(state, fo_change, gone, FIELDS, FIELDS)
+    assert p.target == "create" and p.fields == FIELDS
+
+
+def test_after_a_crash_between_write_and_settle_the_rows_tell_what_happened() -> None:
+    state = synced()
+    change = seen(FO, 11, name="N1", memo="M0")
+    p = plan(state, change, None, FIELDS, FIELDS)
+    crashed = begin(state, change, None, p)  # recorded, written, then killed before settling
+    landed = resolve(crashed, seen(DATAVERSE, 101, name="N1", memo="M0"), None)
+    assert (
+        landed.pending is None and plan(landed, seen(DATAVERSE, 101, name="N1", memo="M0"), None, FIELDS, FIELDS).stale
+    )
+    not_landed = resolve(crashed, seen(DATAVERSE, 100, name="N0", memo="M0"), None)
+    assert not_landed == state  # planned again when the change comes back
+    assert RecordState.from_json(crashed.to_json()) == crashed
+
+
+def test_after_a_crash_a_row_someone_made_anew_is_not_taken_for_dualwrites_write() -> None:
+    """The create dualwrite made before a crash was deleted, and a person made the row again with a
+    one-way field left empty: the F&O value is written again, and the person's row is no echo."""
+    towards_dv = FIELDS | {"credit"}  # credit: F&O -> Dataverse only
+    fo = seen(FO, 10, name="N0", memo="M0", credit="C1")
+    p = plan(EMPTY, fo, Observed(DATAVERSE, False), towards_dv, FIELDS)
+    assert p.target == "create"
+    crashed = begin(EMPTY, fo, Observed(DATAVERSE, False), p)  # created, then killed before settling
+    # Meanwhile a person deleted that row and made it again, with the one-way field empty.
+    anew = seen(DATAVERSE, 105, row_id="dv-anew", name="N0", memo="M0", credit="")
+    resolved = resolve(crashed, anew, None, one_way=towards_dv - FIELDS)
+    assert resolved.dataverse.written != 105  # the person's write, not dualwrite's
+    again = plan(resolved, fo, None, towards_dv, FIELDS)  # the F&O change comes again
+    assert again.target == "update" and again.fields == {"credit"} and again.if_match == 'W/"105"'
+
+
+def test_a_repair_writes_a_one_way_field_the_target_changed_without_an_event() -> None:
+    towards_dv = FIELDS | {"credit"}  # credit: F&O -> Dataverse only
+    fo = seen(FO, 10, name="N0", memo="M0", credit="C1")
+    dv = seen(DATAVERSE, 100, name="N0", memo="M0", credit="C1")
+    state = settle(EMPTY, fo, dv, plan(EMPTY, fo, dv, towards_dv, FIELDS))
+    drifted = seen(DATAVERSE, 100, name="N0", memo="M0", credit="edited in the database")  # no new version
+    assert plan(state, fo, drifted, towards_dv, FIELDS).target == "none"  # the same event again: stale
+    assert plan(state, fo, None, towards_dv, FIELDS, repair=True).needs_target
+    p = plan(state, fo, drifted, towards_dv, FIELDS, repair=True)
+    assert p.target == "update" and p.fields == {"credit"} and p.if_match == 'W/"100"'
+    # A repair read before the source changed again is stale: the newer change decides.
+    newer = seen(FO, 11, name="N1", memo="M0", credit="C1")
+    state = settle(state, newer, None, plan(state, newer, None, towards_dv, FIELDS), Ack(101, 'W/"101"'))
+    assert plan(state, fo, drifted, towards_dv, FIELDS, repair=True).stale

@@ -27,6 +27,9 @@ from dualwrite.observe import carried, observe, pairs
 from dualwrite.tablemap import TableMap
 
 log = logging.getLogger("dualwrite.consumer.apply")
+# Every decision per record, at DEBUG (`dualwrite -v` with DUALWRITE_TRACE=1): for finding out afterwards
+# why a record ended as it did.
+trace = logging.getLogger("dualwrite.trace")
 MAX_CONFLICTS = 3  # 412s in a row for one record within one batch before it is retried later
 
 
@@ -218,6 +221,7 @@ class Applier:
                 carried(w.m, merge.other(side)) - carried(w.m, side),
             )
             log.info("resolved the cut-short plan of %s after a restart", w.change.state_key)
+            trace.debug("%s resolved %s -> %s", w.change.state_key, w.state.to_json(), resolved.to_json())
             w.state = resolved
 
     def _read_sources(self, works: list[_Work]) -> None:
@@ -374,6 +378,15 @@ class Applier:
             if w.plan.target != "none" and w.t_ack is None:
                 continue
             new = merge.settle(w.state, w.obs, w.target, w.plan, w.t_ack, w.b_ack)
+            if trace.isEnabledFor(logging.DEBUG):
+                trace.debug(
+                    "%s p%d from %s v%s %s | target %s | plan %s %s back %s %s stale=%s conflicts=%s | "
+                    "acks %s %s | state %s",
+                    w.change.state_key, w.change.partition, w.change.source, w.obs.version, dict(w.obs.values),
+                    None if w.target is None else (w.target.exists, w.target.version, dict(w.target.values)),
+                    w.plan.target, sorted(w.plan.fields), w.plan.back, sorted(w.plan.back_fields), w.plan.stale,
+                    sorted(w.plan.conflicts), w.t_ack, w.b_ack, new.to_json(),
+                )
             if new != w.state:  # (the echo of dualwrite's own write changes nothing: no changelog record)
                 settled.append((w.change.partition, w.change.state_key, new))
             w.change.conflict = bool(w.plan.conflicts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -32,6 +33,8 @@ def cli(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if os.environ.get("DUALWRITE_TRACE") == "1":
+        logging.getLogger("dualwrite.trace").setLevel(logging.DEBUG)
 
 
 @cli.command()

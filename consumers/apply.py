@@ -84,6 +84,7 @@ class _Work:
     b_ack: Ack | None = None
     force_read: bool = False
     conflicts_left: int = MAX_CONFLICTS
+    source_read: bool = False  # `ev` is the source's row as read now (NEEDS_SOURCE), not the change event
     done: bool = False  # failed or retried: nothing more to do this batch
     wrote: bool = False
 
@@ -122,7 +123,9 @@ class Applier:
         m = w.m
         a, b = w.change.source, w.change.towards
         policy = Policy(m.conflict.source_of_truth if m.conflict.policy == "source-of-truth" else None)
-        w.plan = merge.plan(w.state, w.obs, w.target, carried(m, b), carried(m, a), policy, w.change.repair)
+        w.plan = merge.plan(
+            w.state, w.obs, w.target, carried(m, b), carried(m, a), policy, w.change.repair, w.source_read
+        )
 
     # -- one round: at most one change per record -------------------------------------------------------
     def apply(self, changes: list[Change]) -> None:
@@ -235,7 +238,7 @@ class Applier:
             if row is None:  # gone since: its delete event is on the way
                 w.plan = replace(merge.NOTHING, stale=True)
                 continue
-            w.ev, w.obs = row, self.observe(w.m, row)
+            w.ev, w.obs, w.source_read = row, self.observe(w.m, row), True
             self.plan(w)
 
     def _read_targets(self, works: list[_Work]) -> None:
@@ -382,10 +385,21 @@ class Applier:
                 trace.debug(
                     "%s p%d from %s v%s %s | target %s | plan %s %s back %s %s stale=%s conflicts=%s | "
                     "acks %s %s | state %s",
-                    w.change.state_key, w.change.partition, w.change.source, w.obs.version, dict(w.obs.values),
+                    w.change.state_key,
+                    w.change.partition,
+                    w.change.source,
+                    w.obs.version,
+                    dict(w.obs.values),
                     None if w.target is None else (w.target.exists, w.target.version, dict(w.target.values)),
-                    w.plan.target, sorted(w.plan.fields), w.plan.back, sorted(w.plan.back_fields), w.plan.stale,
-                    sorted(w.plan.conflicts), w.t_ack, w.b_ack, new.to_json(),
+                    w.plan.target,
+                    sorted(w.plan.fields),
+                    w.plan.back,
+                    sorted(w.plan.back_fields),
+                    w.plan.stale,
+                    sorted(w.plan.conflicts),
+                    w.t_ack,
+                    w.b_ack,
+                    new.to_json(),
                 )
             if new != w.state:  # (the echo of dualwrite's own write changes nothing: no changelog record)
                 settled.append((w.change.partition, w.change.state_key, new))

@@ -79,10 +79,13 @@ class _Retry:
     # Of them, the failures that count towards `max_attempts`: not throttling or a missing token (waited out)
     # nor a missing reference (bounded by its own timeout), so that those never use up a record's retries.
     transient: int = 0
+    missing: int = 0  # of them, the missing references (their backoff grows on its own count, to its own cap)
 
     def failed(self, error: DualWriteError | None) -> None:
         self.attempts += 1
-        if not isinstance(error, ThrottledError | AuthError | MissingReferenceError | PartitionLostError):
+        if isinstance(error, MissingReferenceError):
+            self.missing += 1
+        elif not isinstance(error, ThrottledError | AuthError | PartitionLostError):
             self.transient += 1
 
     def exhausted(self, rc: RetryConfig, error: DualWriteError | None, now: float) -> bool:
@@ -96,6 +99,22 @@ class _Retry:
         return self.transient >= rc.max_attempts
 
     first_failure: float = field(default_factory=time.monotonic)
+
+
+def backoff_s(rc: RetryConfig, retry: _Retry, error: DualWriteError | None, jitter: float) -> float:
+    """How long a record's partition waits before the record is tried again (`jitter` in [0.5, 1] keeps
+    many consumers from retrying in step)."""
+    if isinstance(error, ThrottledError) and error.retry_after:
+        # The service said when; growing our own backoff on top would only idle the budget.
+        return error.retry_after * (1.0 + (1.0 - jitter) * 0.4)
+    if isinstance(error, MissingReferenceError):
+        # The referenced row usually arrives within seconds: try again soon, whatever failed before.
+        cap = min(rc.max_backoff_s, rc.missing_reference_backoff_s)
+        return min(cap, rc.initial_backoff_s * (2 ** (max(1, retry.missing) - 1))) * jitter
+    backoff = min(rc.max_backoff_s, rc.initial_backoff_s * (2 ** (retry.attempts - 1))) * jitter
+    if isinstance(error, RetryableError) and error.retry_after:
+        backoff = max(backoff, error.retry_after)
+    return backoff
 
 
 class PartitionGate:
@@ -469,14 +488,7 @@ class ConsumerLoop:
             self.status[it.source].count(it.map.name, "conflict")
 
     def _block(self, tp: TP, offset: int, retry: _Retry, error: DualWriteError | None) -> None:
-        rc = self.cfg.consumer.retry
-        backoff = min(rc.max_backoff_s, rc.initial_backoff_s * (2 ** (retry.attempts - 1)))
-        backoff *= random.uniform(0.5, 1.0)  # jitter keeps many consumers from retrying in step
-        if isinstance(error, ThrottledError) and error.retry_after:
-            # The service said when; growing our own backoff on top would only idle the budget.
-            backoff = error.retry_after * random.uniform(1.0, 1.2)
-        elif isinstance(error, RetryableError) and error.retry_after:
-            backoff = max(backoff, error.retry_after)
+        backoff = backoff_s(self.cfg.consumer.retry, retry, error, random.uniform(0.5, 1.0))
         log.info("retrying %s[%d]@%d in %.2fs (attempt %d): %s", tp[0], tp[1], offset, backoff, retry.attempts, error)
         self.gate.block(self.consumer, tp, offset, time.monotonic() + backoff)
         metrics.BLOCKED_PARTITIONS.labels(direction_of(self.routes[tp[0]][1])).set(

@@ -297,6 +297,12 @@ class RetryConfig(_Section):
     missing_reference_timeout_s: float = Field(
         default=300.0, ge=0, description="How long a missing lookup is retried before the DLQ."
     )
+    missing_reference_backoff_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="The longest wait between tries of a record whose lookup's row is not there yet (it usually "
+        "arrives within seconds, from another map or partition); each try costs a lookup query.",
+    )
 
 
 class ConsumerConfig(_Section):

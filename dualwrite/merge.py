@@ -29,6 +29,9 @@ FO, DATAVERSE = "fo", "dataverse"
 SIDES = (FO, DATAVERSE)
 ABSENT = "~absent"  # the digest of every field of a row that does not exist
 NO_VERSION = -1
+# `SideState.written` of a row dualwrite created with an answer that gave no version (CreateMultiple answers
+# ids only): the side's `version` is then of an earlier row, so it cannot order another row's events.
+CREATED_UNVERSIONED = -2
 
 
 def other(side: str) -> str:
@@ -103,8 +106,6 @@ class RecordState:
             {k: FieldState(v[0], int(v[1]), int(v[2])) for k, v in data.get("f", {}).items()},
             Pending.from_json(data["p"]) if data.get("p") else None,
         )
-
-
 
 
 # -- what was seen -----------------------------------------------------------------------------------------
@@ -330,6 +331,10 @@ def _landed(
     return Ack(now.version, now.etag, now.row_id), frozenset(names - held)
 
 
+def _not_newer(v: int | None, known: int) -> bool:
+    return v is not None and known != NO_VERSION and v <= known
+
+
 def _newest(a: int | None, b: int) -> int:
     return b if a is None else max(a, b)
 
@@ -370,6 +375,7 @@ def plan(
     carried_back: Iterable[str],
     policy: Policy = Policy(),
     repair: bool = False,
+    current: bool = False,
 ) -> Plan:
     """The plan for a change `ev` of one side, given the record's state and, when read, the other
     side's current row `target`. `carried`: the field pairs the map writes towards the target;
@@ -377,7 +383,9 @@ def plan(
 
     `repair`: the change is the source's row as reconcile read it, because the target drifted without
     an event dualwrite could see. Its one-way fields are then written where the target holds other
-    values even if the versions are known (unless the source changed since: its newer change decides)."""
+    values even if the versions are known (unless the source changed since: its newer change decides).
+
+    `current`: `ev` is the source's row as a read shows it now (after NEEDS_SOURCE), not a change event."""
     a, b = ev.side, other(ev.side)
     sa, sb = state.side(a), state.side(b)
     carried, carried_back = frozenset(carried), frozenset(carried_back)
@@ -386,10 +394,22 @@ def plan(
         return replace(NOTHING, stale=True)  # the source changed after reconcile read it
     if repair and target is None and ev.exists:
         return NEEDS_TARGET
-    if ev.row_id and sa.row_id and ev.row_id != sa.row_id and (older or not ev.exists):
-        return replace(NOTHING, stale=True)  # a change of an earlier incarnation of the row
+    if ev.row_id and sa.row_id and ev.row_id != sa.row_id and (not ev.exists or _not_newer(ev.version, sa.version)):
+        # A change of an earlier incarnation of the row. Row versions are unique per change of any row of a
+        # table, so another row at a version dualwrite already holds for this side is from before the row it
+        # knows now (which dualwrite may have made itself, with an answer that gave no version: CreateMultiple).
+        return replace(NOTHING, stale=True)
     if ev.version is not None and ev.version < sa.version and not ev.exists:
         return replace(NOTHING, stale=True)  # deleted at an older version: the row was re-created since
+    unversioned = sa.exists and sa.written == CREATED_UNVERSIONED
+    if ev.row_id and sa.row_id and ev.row_id != sa.row_id and unversioned and not current:
+        # Another row than the one dualwrite created there, and no version to tell which is newer: the
+        # source's row as it is now decides (it gives the created row's version too).
+        return NEEDS_SOURCE
+    if ev.exists and sa.exists is False and ev.row_id and ev.row_id == sa.row_id:
+        # A row known to be deleted (by dualwrite or a person) changes no more: this change was made before
+        # the delete (its version may be unknown: a create answered by CreateMultiple gives none).
+        return replace(NOTHING, stale=True)
     if not ev.exists:
         return _plan_delete(state, ev, target, carried_back, policy)
     if sa.exists is False and ev.version is not None and ev.version <= sa.version:
@@ -499,21 +519,30 @@ def settle(
     sa, sb = state.side(a), state.side(b)
     fields = dict(state.fields)
     ev_v = NO_VERSION if ev.version is None else ev.version
-    if ev.version is None or ev.version >= sa.version:  # an older change says nothing of the row now
+    other_row = bool(ev.row_id and sa.row_id and ev.row_id != sa.row_id)
+    if ev.version is None or ev.version > sa.version or (ev.version == sa.version and not other_row):
+        # (an older change, or another row's at a version already known, says nothing of the row now)
         sa = replace(sa, exists=ev.exists, row_id=ev.row_id or sa.row_id)
+    if sa.written == CREATED_UNVERSIONED and ev.version is not None and ev.row_id == sa.row_id:
+        sa = replace(sa, written=NO_VERSION)  # the row dualwrite created now has a known version
     sa = replace(sa, version=_newest(ev.version, sa.version), etag=_etag(sa, ev))
     tv = sb.version
     if target is not None and target.exists:
         # A read shows the row; that it is gone is learnt from its delete event, not from a read.
         tv = _newest(target.version, sb.version)
+        if sb.written == CREATED_UNVERSIONED and target.version is not None and target.row_id == sb.row_id:
+            sb = replace(sb, written=NO_VERSION)  # the row dualwrite created now has a known version
         sb = replace(sb, exists=True, version=tv, etag=_etag(sb, target), row_id=target.row_id or sb.row_id)
     if target_ack is not None:
         version = _newest(target_ack.version, sb.version)
         written = NO_VERSION if target_ack.version is None else target_ack.version
+        if target_ack.version is None and p.target == "create":
+            written = CREATED_UNVERSIONED
         sb = SideState(p.target != "delete", version, target_ack.etag, target_ack.row_id or sb.row_id, written)
     if not ev.exists:
         if p.back == "create" and back_ack is not None and target is not None:
-            sa = SideState(True, _newest(back_ack.version, sa.version), back_ack.etag, back_ack.row_id, _v(back_ack))
+            made = _v(back_ack) if back_ack.version is not None else CREATED_UNVERSIONED
+            sa = SideState(True, _newest(back_ack.version, sa.version), back_ack.etag, back_ack.row_id, made)
             for name in p.back_fields:
                 fields[name] = _at(FieldState(target.values[name]), a, back_ack.version, b, tv)
             return _state(a, sa, sb, fields)

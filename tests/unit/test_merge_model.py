@@ -80,6 +80,7 @@ class Event:
     etag: str | None
     row_id: str | None
     time: int | None
+    exists_edit: int = 0  # (for the oracle only) the edit that made the row exist or not, as this event saw it
 
 
 class Conflict(Exception):
@@ -123,6 +124,12 @@ class Protocol(RuleBasedStateMachine):
         self.deleted_ids: list[str] = []  # Dataverse rows deleted since the last poll
         self.deleted_at = 0
         self.deleted_once = False
+        self.bulk_creates = True  # Dataverse creates go by CreateMultiple: the answer has no version
+        # The known gap (README, Known limits; xfail test in test_merge.py): dualwrite crashed after creating a
+        # row and before recording it, and a person deleted that row before the restart: the restart cannot
+        # tell the create from one that never happened and makes the row again. The oracle skips existence then.
+        self.cut_create: str | None = None
+        self.known_gap = False
 
     # -- the two systems ----------------------------------------------------------------------------
     def tick(self) -> int:
@@ -142,27 +149,29 @@ class Protocol(RuleBasedStateMachine):
         row = s.row
         if row is None:  # F&O's delete event has the pre-image's version; Dataverse's delta only the id
             version = self.deleted_at if side == FO else None
-            self.topics[side].append(Event(side, False, {}, version, None, self.last_id.get(side), None))
+            self.topics[side].append(Event(side, False, {}, version, None, self.last_id.get(side), None, s.exists_edit))
         else:
             values = {n: Cell(c.value, c.edit) for n, c in row.cells.items()}
             etag = f'W/"{row.version}"' if side == DATAVERSE else None  # F&O events carry no ETag
-            self.topics[side].append(Event(side, True, values, row.version, etag, row.row_id, row.time))
+            self.topics[side].append(Event(side, True, values, row.version, etag, row.row_id, row.time, s.exists_edit))
 
     def person_writes(self, side: str, changes: dict[str, Any] | None, create: bool = False) -> None:
         s = self.sides[side]
         fields = TWO_WAY + (ONE_WAY if side == FO else ())
         if changes is None:  # delete
             assert s.row is not None
+            if self.cut_create == side:
+                self.known_gap = True
             self.deleted_once = True
             self.last_id[side], self.deleted_at = s.row.row_id, s.row.version
             if side == DATAVERSE:
                 self.deleted_ids.append(s.row.row_id)
             s.row = None
             s.bump()
-            s.exists_edit = self.edits.new("exists", s.exists_edit)
+            s.exists_edit = self.edits.new("exists", s.exists_edit, False)
         elif create:
             assert s.row is None
-            s.exists_edit = self.edits.new("exists", s.exists_edit)
+            s.exists_edit = self.edits.new("exists", s.exists_edit, True)
             cells = {n: Cell(changes.get(n), self.edits.new(n, None, changes.get(n))) for n in fields}
             cells.update({n: Cell(None, 0) for n in ONE_WAY if n not in cells})
             s.row = Row(cells, s.bump(), f"{side}-{next(_ids)}", self.tick())
@@ -170,6 +179,7 @@ class Protocol(RuleBasedStateMachine):
             assert s.row is not None
             for n, v in changes.items():
                 s.row.cells[n] = Cell(v, self.edits.new(n, s.row.cells[n].edit, v))
+            s.exists_edit = self.edits.new("exists", s.exists_edit, True)  # an edit wants the row to exist
             s.row.version, s.row.time = s.bump(), self.tick()
         if side == FO:
             self.emit(FO)
@@ -189,6 +199,8 @@ class Protocol(RuleBasedStateMachine):
                 raise Conflict("412: exists")
             full = {n: cells.get(n, Cell(None, 0)) for n in TWO_WAY + ONE_WAY}
             s.row = Row(full, s.bump(), f"{side}-{next(_ids)}", self.tick())
+            if side == DATAVERSE and self.bulk_creates:
+                return Ack(None, None, s.row.row_id)  # CreateMultiple answers the new ids only
         else:
             if s.row is None:
                 raise Conflict("404")
@@ -216,30 +228,36 @@ class Protocol(RuleBasedStateMachine):
             self.state = resolve(self.state, self.observe(other(w)), self.observe(w), CARRIED[other(w)] - CARRIED[w])
         state = self.state
         target: Observed | None = None
-        p = plan(state, obs, None, CARRIED[b], CARRIED[a], self.policy)
+        current = False  # obs is the source's row as read now, not the event
+        p = plan(state, obs, None, CARRIED[b], CARRIED[a], self.policy, current=current)
         for _ in range(20):
             if p.needs_source:  # the event is older than the source now: plan from the source's current row
                 ev = self.current_event(a)
-                obs = self.observed_event(ev)
-                p = plan(state, obs, target, CARRIED[b], CARRIED[a], self.policy)
+                obs, current = self.observed_event(ev), True
+                p = plan(state, obs, target, CARRIED[b], CARRIED[a], self.policy, current=current)
                 continue
             if p.needs_target:
                 target = self.observe(b)
-                p = plan(state, obs, target, CARRIED[b], CARRIED[a], self.policy)
+                p = plan(state, obs, target, CARRIED[b], CARRIED[a], self.policy, current=current)
                 assert not p.needs_target
             self.state = begin(state, obs, target, p)  # recorded before the writes
             try:
                 t_ack = self.carry_out_target(ev, p)
             except Conflict:
                 target = self.observe(b)
-                p = plan(state, obs, target, CARRIED[b], CARRIED[a], self.policy)
+                p = plan(state, obs, target, CARRIED[b], CARRIED[a], self.policy, current=current)
                 continue
             b_ack = self.carry_out_back(ev, p)
             if p.back != "none" and b_ack is None:  # refused: recorded, so a crash now does not guess
                 p = replace(p, back_refused=True)
                 self.state = begin(state, obs, target, p)
             if crash == "after-write":
+                if p.target == "create" and t_ack is not None:
+                    self.cut_create = b
+                elif p.back == "create" and b_ack is not None:
+                    self.cut_create = a
                 return  # the settled state is lost with the crash; the event comes again
+            self.cut_create = None
             self.state = settle(state, obs, target, p, t_ack, b_ack)
             return
         raise AssertionError("a write kept being refused")
@@ -252,18 +270,25 @@ class Protocol(RuleBasedStateMachine):
         """The side's row as a read shows it, in the shape of an event."""
         row = self.sides[side].row
         if row is None:
-            return Event(side, False, {}, None, None, None, None)
+            return Event(side, False, {}, None, None, None, None, self.sides[side].exists_edit)
         values = {n: Cell(c.value, c.edit) for n, c in row.cells.items()}
-        return Event(side, True, values, row.version, f'W/"{row.version}"', row.row_id, row.time)
+        return Event(
+            side, True, values, row.version, f'W/"{row.version}"', row.row_id, row.time, self.sides[side].exists_edit
+        )
 
     def carry_out_target(self, ev: Event, p: Plan) -> Ack | None:
         b = other(ev.side)
         if p.target == "none":
             return None
         if p.target == "delete":
-            return self.dualwrite_writes(b, "delete", {}, p.if_match)
+            ack = self.dualwrite_writes(b, "delete", {}, p.if_match)
+            self.sides[b].exists_edit = ev.exists_edit
+            return ack
         cells = {n: ev.values[n] for n in p.fields}
-        return self.dualwrite_writes(b, p.target, cells, p.if_match)
+        ack = self.dualwrite_writes(b, p.target, cells, p.if_match)
+        if p.target == "create":
+            self.sides[b].exists_edit = ev.exists_edit
+        return ack
 
     def carry_out_back(self, ev: Event, p: Plan) -> Ack | None:
         a, b = ev.side, other(ev.side)
@@ -279,9 +304,12 @@ class Protocol(RuleBasedStateMachine):
                 return None  # the source changed again: its next event decides anew
             if_match = source.etag
         try:
-            return self.dualwrite_writes(a, p.back, cells, if_match)
+            ack = self.dualwrite_writes(a, p.back, cells, if_match)
         except Conflict:
             return None
+        if p.back == "create":
+            self.sides[a].exists_edit = self.sides[b].exists_edit
+        return ack
 
     def poll_dataverse(self) -> None:
         """Change tracking: each row deleted since the last poll (its id), and the latest state of the
@@ -292,7 +320,7 @@ class Protocol(RuleBasedStateMachine):
             return
         self.polled = seen
         for row_id in self.deleted_ids:
-            self.topics[DATAVERSE].append(Event(DATAVERSE, False, {}, None, None, row_id, None))
+            self.topics[DATAVERSE].append(Event(DATAVERSE, False, {}, None, None, row_id, None, s.exists_edit))
         self.deleted_ids = []
         if s.row is not None:
             self.emit(DATAVERSE)
@@ -363,6 +391,10 @@ class Protocol(RuleBasedStateMachine):
         self.drain()
         fo, dv = self.sides[FO].row, self.sides[DATAVERSE].row
         assert (fo is None) == (dv is None), f"one side has the row, the other not: {fo} / {dv}"
+        wanted = self.edits.latest_values("exists")  # the creates, deletes and edits no later one had seen
+        assert self.known_gap or not wanted or (fo is not None) in wanted, (
+            f"the row {'exists' if fo else 'is gone'}; people wanted {wanted}"
+        )
         if fo is not None and dv is not None:
             for n in TWO_WAY + ONE_WAY:
                 assert fo.cells[n].value == dv.cells[n].value, f"{n}: F&O {fo.cells[n]} vs Dataverse {dv.cells[n]}"
@@ -397,6 +429,9 @@ _MODEL = (
     "deleted_at",
     "deleted_ids",
     "deleted_once",
+    "bulk_creates",
+    "cut_create",
+    "known_gap",
 )
 
 

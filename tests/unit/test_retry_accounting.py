@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumers.loop import _Retry
+from consumers.loop import _Retry, backoff_s
 from dualwrite.config import RetryConfig
 from dualwrite.errors import AuthError, MissingReferenceError, PartitionLostError, RetryableError, ThrottledError
 
@@ -43,3 +43,24 @@ def test_a_partition_another_consumer_claimed_never_sends_its_records_to_the_dlq
         r.failed(lost)
         assert not r.exhausted(RC, lost, now=10_000.0)
     assert r.transient == 0
+
+
+def test_a_record_waiting_for_a_referenced_row_is_tried_again_within_seconds_after_any_history() -> None:
+    # A child row of a dependency chain: its partition throttled for a while, then its parent missing for
+    # a while. The parent usually arrives within seconds (another partition, another map): the wait between
+    # tries must not grow to the transient errors' 30 s cap, or a throttled initial load idles for minutes.
+    rc = RetryConfig()
+    r = _Retry(first_failure=0.0)
+    for _ in range(10):
+        r.failed(ThrottledError("429", 1.0))
+    waits = []
+    for _ in range(10):
+        r.failed(MissingReferenceError("customer group 10 not there yet"))
+        waits.append(backoff_s(rc, r, MissingReferenceError("not there yet"), jitter=1.0))
+    assert max(waits) <= rc.missing_reference_backoff_s
+    assert waits[0] == rc.initial_backoff_s  # the first wait of its kind is the shortest
+    # Transient errors still back off up to their own cap; the service's Retry-After is waited as told.
+    for _ in range(10):
+        r.failed(RetryableError("503"))
+    assert backoff_s(rc, r, RetryableError("503"), jitter=1.0) == rc.max_backoff_s
+    assert 2.0 <= backoff_s(rc, r, ThrottledError("429", 2.0), jitter=1.0) <= 2.4

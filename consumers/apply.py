@@ -226,6 +226,16 @@ class Applier:
             log.info("resolved the cut-short plan of %s after a restart", w.change.state_key)
             trace.debug("%s resolved %s -> %s", w.change.state_key, w.state.to_json(), resolved.to_json())
             w.state = resolved
+        # Recorded at once: a later restart must not resolve the same plan again against what the sides
+        # hold by then (the change that came back may need nothing, and then nothing else is recorded).
+        done = [w for w in cut if not w.done]
+        if not done:
+            return
+        try:
+            self.store.put((w.change.partition, w.change.state_key, w.state) for w in done)
+        except RetryableError as exc:
+            for w in done:
+                self._fail(w, exc)
 
     def _read_sources(self, works: list[_Work]) -> None:
         """A change older than what dualwrite wrote to its side since: plan from the side's row as it is."""

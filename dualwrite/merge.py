@@ -321,7 +321,8 @@ def _landed(
     if action == "none" or now is None or wanted is None:
         return None, frozenset()
     if action == "delete":
-        return (Ack() if not now.exists or (row_id and now.row_id != row_id) else None), frozenset()
+        # (a read that shows no row id, as F&O's, shows the same row: it is not "another row now")
+        return (Ack() if not now.exists or (row_id and now.row_id and now.row_id != row_id) else None), frozenset()
     if not now.exists or (row_id and now.row_id and now.row_id != row_id):
         return None, frozenset()  # gone, or another row now: what the write did went with the old one
     held = {n for n in names if now.values.get(n) == wanted.values.get(n)}

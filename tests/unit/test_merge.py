@@ -204,3 +204,19 @@ def test_a_person_deleting_the_row_dualwrite_made_just_before_it_crashed_keeps_i
     state = resolve(state, Observed(DATAVERSE, False), create)  # the person deleted it meanwhile
     p = plan(state, create, Observed(DATAVERSE, False), FIELDS, FIELDS)
     assert p.target != "create"
+
+
+def test_a_delete_cut_short_by_a_crash_did_not_land_while_a_read_without_a_row_id_still_shows_the_row() -> None:
+    # Found by the 100k chaos trace (customers|usmf|ch-01951): Dataverse deleted the record; dualwrite recorded
+    # the delete towards F&O and was killed before it went out. F&O reads carry no row id, and the restart
+    # took the row it read (no id, so "not the same row") for another row: the delete "landed", was never
+    # made, and the F&O row stayed while Dataverse's was gone.
+    state = synced()
+    delete = Observed(DATAVERSE, False, {}, None, None, "dataverse-1", T0)
+    p = plan(state, delete, None, FIELDS, FIELDS)
+    assert p.target == "delete"
+    crashed = begin(state, delete, None, p)
+    fo_read = Observed(FO, True, {"name": digest("N0"), "memo": digest("M0")}, 10, 'W/"10"', None, T0)
+    resolved = resolve(crashed, fo_read, Observed(DATAVERSE, False))
+    assert resolved.fo.exists is True and resolved.pending is None
+    assert plan(resolved, delete, None, FIELDS, FIELDS).target == "delete"  # the delete event, again, deletes

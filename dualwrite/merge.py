@@ -417,6 +417,17 @@ def plan(
         return replace(NOTHING, stale=True)  # a change of a row deleted since
     changed, _, stale = _changed(state, ev, carried)
     behind = ev.version is not None and ev.version < sa.version  # dualwrite wrote the source since
+    # A row the source made anew (another row id) lacks what only the target decides (the one-way fields
+    # towards the source): the target's values go to it, as a one-way field of a row made anew on the
+    # target gets the source's.
+    anew = bool(ev.row_id and sa.row_id and ev.row_id != sa.row_id and sb.exists)
+    one_way_back = {
+        n
+        for n in carried_back - carried
+        if anew and n in ev.values and n in state.fields and ev.values[n] != state.fields[n].value
+    }
+    if target is None and one_way_back:
+        return NEEDS_TARGET
     if target is None:
         if not changed and sb.exists is True:
             return replace(NOTHING, stale=bool(stale) and not changed)
@@ -464,6 +475,9 @@ def plan(
         # A one-way field the target holds otherwise (a row it made anew): the source's value wins.
         if name in ev.values and name in target.values and target.values[name] != ev.values[name]:
             write.add(name)
+    for name in one_way_back:
+        if name in target.values and target.values[name] != ev.values[name]:
+            back.add(name)
     return Plan(
         "update" if write else "none",
         frozenset(write),

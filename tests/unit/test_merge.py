@@ -220,3 +220,21 @@ def test_a_delete_cut_short_by_a_crash_did_not_land_while_a_read_without_a_row_i
     resolved = resolve(crashed, fo_read, Observed(DATAVERSE, False))
     assert resolved.fo.exists is True and resolved.pending is None
     assert plan(resolved, delete, None, FIELDS, FIELDS).target == "delete"  # the delete event, again, deletes
+
+
+def test_a_row_a_person_made_anew_in_dataverse_gets_the_one_way_values_only_fo_decides() -> None:
+    # Found by the model: a Dataverse person deletes the synced account and makes it again; the new row
+    # lacks the F&O -> Dataverse field, which no Dataverse change may set: F&O's value is written to it.
+    towards_dv = FIELDS | {"credit"}
+    fo = seen(FO, 10, name="N0", memo="M0", credit="C1")
+    dv = seen(DATAVERSE, 100, name="N0", memo="M0", credit="C1")
+    p = plan(EMPTY, fo, dv, towards_dv, FIELDS)
+    state = settle(EMPTY, fo, dv, p)
+    made_anew = seen(DATAVERSE, 200, row_id="dataverse-2", name="N0", memo="M0", credit="")
+    assert plan(state, made_anew, None, FIELDS, towards_dv).needs_target
+    p = plan(state, made_anew, fo, FIELDS, towards_dv)
+    assert p.back == "update" and p.back_fields == {"credit"} and p.target == "none"
+    # The same value edited away in the row dualwrite knows is a person's one-way edit: left alone.
+    edited = seen(DATAVERSE, 201, name="N0", memo="M0", credit="")
+    p = plan(state, edited, fo, FIELDS, towards_dv)
+    assert p.back == "none"

@@ -223,10 +223,6 @@ def consumer(cfg: KafkaConfig, group_id: str, session_timeout_ms: int = 6000, **
     return Consumer(settings)
 
 
-# A reader that goes through a whole topic once: librdkafka's default prefetch (64 MiB queued, 50 MiB per
-# fetch) would otherwise hold a large part of a big topic (the state changelog) in memory.
-READER_BUFFERS = {"queued.max.messages.kbytes": 4096, "fetch.max.bytes": 4 * 1024 * 1024}
-
 
 def read_to_end(cfg: KafkaConfig, topic: str, idle_s: float = 1.0, missing_ok: bool = True) -> Iterator[Message]:
     """Every record of `topic` from the start, without a consumer group.
@@ -237,7 +233,7 @@ def read_to_end(cfg: KafkaConfig, topic: str, idle_s: float = 1.0, missing_ok: b
     """
     from dualwrite.errors import DualWriteError
 
-    c = consumer(cfg, f"{cfg.topic_prefix}.reader.{uuid.uuid4().hex}", **READER_BUFFERS)
+    c = consumer(cfg, f"{cfg.topic_prefix}.reader.{uuid.uuid4().hex}")
     try:
         meta = c.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:

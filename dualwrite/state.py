@@ -521,7 +521,5 @@ class StateStore:
     def _reader_consumer(self) -> Consumer:
         if self._reader is None:
             # No group is joined (partitions are assigned by hand) and nothing is committed: the files hold the offsets.
-            self._reader = kafka.consumer(
-                self.cfg, f"{self.cfg.topic_prefix}.state.restore.{uuid.uuid4().hex}", **kafka.READER_BUFFERS
-            )
+            self._reader = kafka.consumer(self.cfg, f"{self.cfg.topic_prefix}.state.restore.{uuid.uuid4().hex}")
         return self._reader

@@ -224,7 +224,8 @@ class Applier:
                 carried(w.m, merge.other(side)) - carried(w.m, side),
             )
             log.info("resolved the cut-short plan of %s after a restart", w.change.state_key)
-            trace.debug("%s resolved %s -> %s", w.change.state_key, w.state.to_json(), resolved.to_json())
+            if trace.isEnabledFor(logging.DEBUG):
+                trace.debug("%s resolved %s -> %s", w.change.state_key, w.state.to_json(), resolved.to_json())
             w.state = resolved
         # Recorded at once: a later restart must not resolve the same plan again against what the sides
         # hold by then (the change that came back may need nothing, and then nothing else is recorded).

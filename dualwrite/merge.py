@@ -332,6 +332,17 @@ def _landed(
     return Ack(now.version, now.etag, now.row_id), frozenset(names - held)
 
 
+def _other_row(seen: Observed, s: SideState) -> bool:
+    return bool(seen.row_id and s.row_id and seen.row_id != s.row_id)
+
+
+def _versioned(s: SideState, seen: Observed) -> SideState:
+    """The side once a version of the row dualwrite created without one (CREATED_UNVERSIONED) is seen."""
+    if s.written == CREATED_UNVERSIONED and seen.version is not None and seen.row_id == s.row_id:
+        return replace(s, written=NO_VERSION)
+    return s
+
+
 def _not_newer(v: int | None, known: int) -> bool:
     return v is not None and known != NO_VERSION and v <= known
 
@@ -391,19 +402,19 @@ def plan(
     sa, sb = state.side(a), state.side(b)
     carried, carried_back = frozenset(carried), frozenset(carried_back)
     older = ev.version is not None and ev.version < sa.version
+    other_row = _other_row(ev, sa)  # another incarnation than the row dualwrite knows on the source side
     if repair and older:
         return replace(NOTHING, stale=True)  # the source changed after reconcile read it
     if repair and target is None and ev.exists:
         return NEEDS_TARGET
-    if ev.row_id and sa.row_id and ev.row_id != sa.row_id and (not ev.exists or _not_newer(ev.version, sa.version)):
+    if other_row and (not ev.exists or _not_newer(ev.version, sa.version)):
         # A change of an earlier incarnation of the row. Row versions are unique per change of any row of a
         # table, so another row at a version dualwrite already holds for this side is from before the row it
         # knows now (which dualwrite may have made itself, with an answer that gave no version: CreateMultiple).
         return replace(NOTHING, stale=True)
     if ev.version is not None and ev.version < sa.version and not ev.exists:
         return replace(NOTHING, stale=True)  # deleted at an older version: the row was re-created since
-    unversioned = sa.exists and sa.written == CREATED_UNVERSIONED
-    if ev.row_id and sa.row_id and ev.row_id != sa.row_id and unversioned and not current:
+    if other_row and sa.exists and sa.written == CREATED_UNVERSIONED and not current:
         # Another row than the one dualwrite created there, and no version to tell which is newer: the
         # source's row as it is now decides (it gives the created row's version too).
         return NEEDS_SOURCE
@@ -420,7 +431,7 @@ def plan(
     # A row the source made anew (another row id) lacks what only the target decides (the one-way fields
     # towards the source): the target's values go to it, as a one-way field of a row made anew on the
     # target gets the source's.
-    anew = bool(ev.row_id and sa.row_id and ev.row_id != sa.row_id and sb.exists)
+    anew = other_row and sb.exists
     one_way_back = {
         n
         for n in carried_back - carried
@@ -534,20 +545,17 @@ def settle(
     sa, sb = state.side(a), state.side(b)
     fields = dict(state.fields)
     ev_v = NO_VERSION if ev.version is None else ev.version
-    other_row = bool(ev.row_id and sa.row_id and ev.row_id != sa.row_id)
-    if ev.version is None or ev.version > sa.version or (ev.version == sa.version and not other_row):
+    if ev.version is None or ev.version > sa.version or (ev.version == sa.version and not _other_row(ev, sa)):
         # (an older change, or another row's at a version already known, says nothing of the row now)
         sa = replace(sa, exists=ev.exists, row_id=ev.row_id or sa.row_id)
-    if sa.written == CREATED_UNVERSIONED and ev.version is not None and ev.row_id == sa.row_id:
-        sa = replace(sa, written=NO_VERSION)  # the row dualwrite created now has a known version
-    sa = replace(sa, version=_newest(ev.version, sa.version), etag=_etag(sa, ev))
+    sa = replace(_versioned(sa, ev), version=_newest(ev.version, sa.version), etag=_etag(sa, ev))
     tv = sb.version
     if target is not None and target.exists:
         # A read shows the row; that it is gone is learnt from its delete event, not from a read.
         tv = _newest(target.version, sb.version)
-        if sb.written == CREATED_UNVERSIONED and target.version is not None and target.row_id == sb.row_id:
-            sb = replace(sb, written=NO_VERSION)  # the row dualwrite created now has a known version
-        sb = replace(sb, exists=True, version=tv, etag=_etag(sb, target), row_id=target.row_id or sb.row_id)
+        sb = replace(
+            _versioned(sb, target), exists=True, version=tv, etag=_etag(sb, target), row_id=target.row_id or sb.row_id
+        )
     if target_ack is not None:
         version = _newest(target_ack.version, sb.version)
         written = NO_VERSION if target_ack.version is None else target_ack.version

@@ -223,13 +223,43 @@ def consumer(cfg: KafkaConfig, group_id: str, session_timeout_ms: int = 6000, **
     return Consumer(settings)
 
 
+class EndOfTopic:
+    """When a whole-topic read is done, from the end offsets seen at its start.
 
-def read_to_end(cfg: KafkaConfig, topic: str, idle_s: float = 1.0, missing_ok: bool = True) -> Iterator[Message]:
-    """Every record of `topic` from the start, without a consumer group.
+    Done `idle_s` after every partition reached its end offset (tansu under-reports a batch's end, so we
+    read on a little). A partition not yet at its end may wait long for its next record (a consumer's
+    first fetch on a busy machine, a broker pause): that ends the read only after `stall_s` without
+    any record, for ends that are never reached (e.g. a transaction marker at the end). Ending after
+    `idle_s` there read nothing at all when the first fetch was slow, and a reader then saw an empty
+    control or state topic.
+    """
 
-    Ends `idle_s` after the end offsets seen at the start were reached (tansu under-reports a
-    batch's end, so we read on a little), or when nothing came for `idle_s`; a topic that is being
-    written all the time therefore still ends.
+    def __init__(self, ends: dict[int, int], idle_s: float, stall_s: float, now: float) -> None:
+        self.ends = ends
+        self.idle_s, self.stall_s = idle_s, max(stall_s, idle_s)
+        self.reached: set[int] = {p for p, e in ends.items() if e <= 0}
+        self.last = now
+        self.all_reached_at: float | None = now if len(self.reached) == len(ends) else None
+
+    def record(self, partition: int, offset: int, now: float) -> None:
+        self.last = now
+        if offset + 1 >= self.ends.get(partition, 0):
+            self.reached.add(partition)
+            if self.all_reached_at is None and len(self.reached) == len(self.ends):
+                self.all_reached_at = now
+
+    def done(self, now: float) -> bool:
+        if self.all_reached_at is not None:
+            return now - self.all_reached_at >= self.idle_s or now - self.last >= self.idle_s
+        return now - self.last >= self.stall_s
+
+
+def read_to_end(
+    cfg: KafkaConfig, topic: str, idle_s: float = 1.0, missing_ok: bool = True, stall_s: float = 30.0
+) -> Iterator[Message]:
+    """Every record of `topic` from the start, without a consumer group; see `EndOfTopic` for when it ends.
+
+    A topic that is being written all the time still ends: at the end offsets seen at the start.
     """
     from dualwrite.errors import DualWriteError
 
@@ -241,26 +271,19 @@ def read_to_end(cfg: KafkaConfig, topic: str, idle_s: float = 1.0, missing_ok: b
                 return
             raise DualWriteError(f"topic {topic} does not exist")
         parts = [TopicPartition(topic, p, 0) for p in meta.partitions]
-        ends = {p.partition: c.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+        ends = {}
+        for p in parts:
+            low, high = c.get_watermark_offsets(p, timeout=10)
+            ends[p.partition] = 0 if high <= low else high  # a partition emptied by retention has nothing to read
         if all(e == 0 for e in ends.values()):
             return
         c.assign(parts)
-        reached: set[int] = {p for p, e in ends.items() if e == 0}
-        last = time.monotonic()
-        all_reached_at: float | None = None
-        while True:
-            now = time.monotonic()
-            if now - last >= idle_s or (all_reached_at is not None and now - all_reached_at >= idle_s):
-                return
+        end = EndOfTopic(ends, idle_s, stall_s, time.monotonic())
+        while not end.done(time.monotonic()):
             msg = c.poll(0.1)
             if msg is None or msg.error():
                 continue
-            last = time.monotonic()
-            partition, offset = msg.partition() or 0, msg.offset() or 0
-            if offset + 1 >= ends.get(partition, 0):
-                reached.add(partition)
-                if all_reached_at is None and len(reached) == len(ends):
-                    all_reached_at = last
+            end.record(msg.partition() or 0, msg.offset() or 0, time.monotonic())
             yield msg
     finally:
         c.close()

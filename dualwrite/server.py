@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
 import socket
 import ssl
@@ -47,10 +48,48 @@ class Tls:
     client_ca: Path | None = None
 
 
+_HANDED_OUT: set[int] = set()
+_PORTS_LOCK = threading.Lock()
+_RANDOM = random.SystemRandom()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on now, for a server of the local stack to bind a moment later.
+
+    Chosen outside the kernel's ephemeral range: a port from bind-to-0 is one the kernel also hands to
+    outgoing connections, and the running stack makes many, so one of them could take it first. Never
+    the same port twice in one process.
+    """
+    low, high = _ephemeral_range()
+    candidates = [(10000, low - 1)] if low - 1 >= 10000 + 1000 else []
+    candidates += [(high + 1, 65535)] if high + 1000 <= 65535 else []
+    if not candidates:  # the whole range is ephemeral: fall back to what the kernel picks
+        with socket.socket() as s:
+            s.bind((host, 0))
+            return int(s.getsockname()[1])
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with _PORTS_LOCK:
+        for _ in range(1000):
+            first, last = _RANDOM.choice(candidates)
+            port = _RANDOM.randint(first, last)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
+    raise ConfigError(f"no free port on {host} outside the ephemeral range {low}-{high}")
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

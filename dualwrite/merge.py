@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -250,14 +250,16 @@ def resolve(
     target_now: Observed | None,
     source_now: Observed | None,
     one_way: Iterable[str] = (),
+    one_way_back: Iterable[str] = (),
 ) -> RecordState:
     """After a crash between the writes of a plan and its `settle`: what the sides hold now tells
     which writes happened (`target_now`, `source_now`: the rows the plan wrote, read again). A write
     landed when its row holds at least one of the values it wrote; a field holding another value was
     changed since by someone else, and stays a change of that side to be synced, except a field in
     `one_way` (one the map never carries from the target back to the source): there the source's
-    value is asserted again. A row changed since by someone else is not dualwrite's own write: its
-    change event is no echo."""
+    value is asserted again; likewise a field of the write back in `one_way_back` (one the map never
+    carries from the source to the target side): the target's value is asserted again on the source.
+    A row changed since by someone else is not dualwrite's own write: its change event is no echo."""
     pending = state.pending
     if pending is None:
         return state
@@ -294,8 +296,14 @@ def resolve(
         else:  # agreed as written, but the target changed it since: its change, to sync
             fields[name] = _at(FieldState(ev.values[name]), a, ev.version, b, NO_VERSION)
     if target is not None:
+        one_way_back = frozenset(one_way_back)
         for name in back_overwritten:
-            fields[name] = _at(FieldState(target.values[name]), a, NO_VERSION, b, target.version)
+            if name in one_way_back and source_now is not None and name in source_now.values:
+                # (a row someone made anew on the source lacks the target's one-way value: the target's next
+                # change, planned again, finds the field changed)
+                fields[name] = _at(FieldState(source_now.values[name]), a, source_now.version, b, NO_VERSION)
+            else:
+                fields[name] = _at(FieldState(target.values[name]), a, NO_VERSION, b, target.version)
     settled = replace(settled, fields=fields)
     if overwritten:  # someone wrote the target after (or instead of) dualwrite
         settled = settled.with_side(b, replace(settled.side(b), written=NO_VERSION))
@@ -428,6 +436,15 @@ def plan(
         return replace(NOTHING, stale=True)  # a change of a row deleted since
     changed, _, stale = _changed(state, ev, carried)
     behind = ev.version is not None and ev.version < sa.version  # dualwrite wrote the source since
+    if (
+        behind
+        and not current
+        and any(n not in state.fields or state.fields[n].version(a) == NO_VERSION for n in changed)
+    ):
+        # An event older than the row dualwrite knows on that side, changing a field whose version there is not
+        # known (left so by a crash's resolve, or never agreed): its value may be long gone from the row, so it
+        # cannot be taken for that side's change; the row as it is now decides.
+        return NEEDS_SOURCE
     # A row the source made anew (another row id) lacks what only the target decides (the one-way fields
     # towards the source): the target's values go to it, as a one-way field of a row made anew on the
     # target gets the source's.
@@ -500,6 +517,55 @@ def plan(
         agreed=frozenset(agreed),
         changed=frozenset(changed),
     )
+
+
+def coalesce(state: RecordState, events: Sequence[Observed], carried: Iterable[str]) -> Observed | None:
+    """The newest of several changes of one record from one side, to plan and write once for all of them;
+    None when that could decide differently from applying each in turn (the caller then applies them one
+    at a time).
+
+    Only plain successive updates of the row dualwrite knows on both sides qualify: each newer than the
+    last (none stale, none an echo of dualwrite's own write), none a delete or of another row, each with
+    the same fields, and every field some of them changed still changed in the newest (a field changed and
+    changed back could have met a concurrent change of the target on the way). The plan for the newest
+    must then pass `coalesced_ok`, and its write's If-Match proves the target did not change meanwhile: a
+    412 sends the caller back to one change at a time, so a true conflict is decided per change, with
+    each change's own time, as without coalescing."""
+    if len(events) < 2 or state.pending is not None:
+        return None
+    a = events[0].side
+    sa, sb = state.side(a), state.side(other(a))
+    if sa.exists is not True or sb.exists is not True:
+        return None
+    row_id = sa.row_id or events[0].row_id  # (a row synced by the initial sync may have no id in the state yet)
+    if CREATED_UNVERSIONED in (sa.written, sb.written):
+        return None
+    carried = frozenset(carried)
+    newest = events[-1]
+    agreed = {n: fs.value for n, fs in state.fields.items()}
+    before, version = dict(agreed), sa.version
+    changed: set[str] = set()
+    for ev in events:
+        if ev.side != a or not ev.exists or ev.version is None or ev.version <= version or ev.row_id != row_id:
+            return None
+        if set(ev.values) != set(newest.values):
+            return None
+        changed |= {n for n in carried if n in ev.values and ev.values[n] != before.get(n)}
+        before.update(ev.values)
+        version = ev.version
+    if changed != {n for n in carried if n in newest.values and newest.values[n] != agreed.get(n)}:
+        return None
+    return newest
+
+
+def coalesced_ok(p: Plan) -> bool:
+    """A plan for coalesced changes (`coalesce`) that writing once carries out as applying each would: a
+    plain update with If-Match, no conflict, nothing written back, or nothing at all when nothing changed."""
+    if p.needs_source or p.needs_target or p.stale or p.conflicts or p.back != "none" or p.agreed:
+        return False
+    if p.target == "none":
+        return not p.changed
+    return p.target == "update" and p.if_match is not None
 
 
 def _plan_delete(

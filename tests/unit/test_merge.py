@@ -12,9 +12,12 @@ from dualwrite.merge import (
     FO,
     Ack,
     Observed,
+    Plan,
     Policy,
     RecordState,
     begin,
+    coalesce,
+    coalesced_ok,
     digest,
     plan,
     resolve,
@@ -238,3 +241,100 @@ def test_a_row_a_person_made_anew_in_dataverse_gets_the_one_way_values_only_fo_d
     edited = seen(DATAVERSE, 201, name="N0", memo="M0", credit="")
     p = plan(state, edited, fo, FIELDS, towards_dv)
     assert p.back == "none"
+
+
+def test_successive_updates_of_a_synced_row_go_as_the_newest_with_one_write() -> None:
+    state = synced()
+    run = [seen(FO, 11, name="N1", memo="M0"), seen(FO, 12, name="N2", memo="M0"), seen(FO, 13, name="N2", memo="M3")]
+    merged = coalesce(state, run, FIELDS)
+    assert merged is run[-1]
+    p = plan(state, merged, None, FIELDS, FIELDS)
+    assert coalesced_ok(p) and p.target == "update" and p.fields == {"name", "memo"} and p.if_match == 'W/"100"'
+
+
+@pytest.mark.parametrize(
+    "why, run",
+    [
+        ("a field changed and changed back", [seen(FO, 11, name="N1", memo="M0"), seen(FO, 12, name="N0", memo="M0")]),
+        ("a delete", [seen(FO, 11, name="N1", memo="M0"), seen(FO, 12, exists=False)]),
+        ("another row", [seen(FO, 11, name="N1", memo="M0"), seen(FO, 12, row_id="fo-2", name="N2", memo="M0")]),
+        ("a stale change", [seen(FO, 9, name="N1", memo="M0"), seen(FO, 12, name="N2", memo="M0")]),
+        ("out of order", [seen(FO, 12, name="N1", memo="M0"), seen(FO, 11, name="N2", memo="M0")]),
+        ("two sides", [seen(FO, 11, name="N1", memo="M0"), seen(DATAVERSE, 101, name="N2", memo="M0")]),
+        ("other fields", [seen(FO, 11, name="N1"), seen(FO, 12, name="N2", memo="M0")]),
+        ("one change", [seen(FO, 11, name="N1", memo="M0")]),
+    ],
+)
+def test_changes_that_could_decide_otherwise_one_by_one_are_not_coalesced(why: str, run: list[Observed]) -> None:
+    assert coalesce(synced(), run, FIELDS) is None, why
+
+
+def test_a_record_not_known_on_both_sides_is_not_coalesced() -> None:
+    run = [seen(FO, 11, name="N1", memo="M0"), seen(FO, 12, name="N2", memo="M0")]
+    assert coalesce(EMPTY, run, FIELDS) is None
+
+
+def test_a_coalesced_plan_with_a_conflict_or_a_write_back_goes_one_by_one() -> None:
+    state = synced()
+    run = [seen(FO, 11, at=1, name="N1", memo="M0"), seen(FO, 12, at=3, name="N2", memo="M0")]
+    merged = coalesce(state, run, FIELDS)
+    assert merged is not None
+    dv_now = seen(DATAVERSE, 101, at=2, name="DV", memo="M0")  # a person renamed it at 2, between the two
+    p = plan(state, merged, dv_now, FIELDS, FIELDS)
+    assert p.conflicts == {"name"} and not coalesced_ok(p)  # decided per change, with each one's time
+    assert not coalesced_ok(Plan(changed=frozenset({"name"})))  # changed, yet nothing to write: agreed elsewhere
+    assert coalesced_ok(Plan())  # nothing changed at all
+
+
+def test_an_old_event_is_not_taken_for_a_change_once_a_crash_left_its_field_without_a_version() -> None:
+    """Found by the chaos run (seed 3): a crash cut a write to Dataverse short while a person edited the row
+    there; the restart read the row, moved on (its version now 105), and kept the field as the person's
+    change to sync, at no known Dataverse version. Then Dataverse's old event of version 101 came: its
+    value was taken for the person's change, lost a conflict, and the F&O value was written back over the
+    person's newer edit."""
+    state = synced()
+    change = seen(FO, 11, at=1, name="N1", memo="M0")
+    crashed = begin(state, change, None, plan(state, change, None, FIELDS, FIELDS))
+    resolved = resolve(crashed, seen(DATAVERSE, 105, at=5, name="N5", memo="M0"), None)
+    assert resolved.fields["name"].dataverse == -1 and resolved.dataverse.version == 105
+    late = seen(DATAVERSE, 101, at=2, name="N-old", memo="M0")  # an event from before the crash
+    p = plan(resolved, late, seen(FO, 11, at=1, name="N1", memo="M0"), FIELDS, FIELDS)
+    assert p.needs_source and p.back == "none" and p.target == "none"
+    # The row as it is now decides: the person's edit of version 105.
+    p = plan(resolved, seen(DATAVERSE, 105, at=5, name="N5", memo="M0"), None, FIELDS, FIELDS, current=True)
+    assert p.target == "update" and p.fields == {"name"} and p.back == "none"
+
+
+def test_after_a_crash_a_row_made_anew_over_dualwrites_write_back_gets_the_one_way_value_again() -> None:
+    """Found by the protocol model: Dataverse's delete met a newer F&O change, so dualwrite made the row
+    again in Dataverse (a write back) and was killed before settling; a person deleted that row and made
+    it anew without the F&O-only field. After the restart the F&O change must still bring that field."""
+    towards_dv = FIELDS | {"credit"}  # credit: F&O -> Dataverse only
+    fo = seen(FO, 10, name="N0", memo="M0", credit="C0")
+    state = settle(
+        EMPTY,
+        fo,
+        seen(DATAVERSE, 100, name="N0", memo="M0", credit="C0"),
+        plan(EMPTY, fo, seen(DATAVERSE, 100, name="N0", memo="M0", credit="C0"), towards_dv, FIELDS),
+    )
+    fo_now = seen(FO, 11, at=2, name="N0", memo="M0", credit="C1")  # a person changed credit
+    gone = seen(DATAVERSE, 101, exists=False)
+    p = plan(state, gone, fo_now, FIELDS, towards_dv)
+    assert p.back == "create"
+    crashed = begin(state, gone, fo_now, p)
+    anew = seen(DATAVERSE, 105, row_id="dv-anew", name="N0", memo="M0", credit="")
+    resolved = resolve(crashed, fo_now, anew, one_way_back={"credit"})
+    again = plan(resolved, fo_now, None, towards_dv, FIELDS)  # F&O's change comes (again)
+    assert again.target == "update" and "credit" in again.fields  # (failed before: "none")
+
+
+def test_changes_of_a_row_whose_id_the_state_lacks_are_coalesced_only_when_they_share_one_id() -> None:
+    """Rows synced by the initial sync have no F&O row id in the state until an event brings one."""
+    from dataclasses import replace
+
+    state = synced()
+    state = replace(state, fo=replace(state.fo, row_id=None))
+    same = [seen(FO, 11, row_id="fo-7", name="N1", memo="M0"), seen(FO, 12, row_id="fo-7", name="N2", memo="M0")]
+    assert coalesce(state, same, FIELDS) is same[-1]
+    remade = [seen(FO, 11, row_id="fo-7", name="N1", memo="M0"), seen(FO, 12, row_id="fo-8", name="N2", memo="M0")]
+    assert coalesce(state, remade, FIELDS) is None

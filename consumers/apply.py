@@ -52,6 +52,10 @@ class Change:
     error: DualWriteError | None = None
     conflict: bool = False
     repair: bool = False  # published by `reconcile --repair`: read the target, assert the one-way values
+    # Earlier changes of the same record from the same side in this batch, which this one may stand for
+    # (`merge.coalesce`); `declined` when it could not: the caller then applies them one at a time.
+    earlier: list[Change] = field(default_factory=list)
+    declined: bool = False
 
     @property
     def state_key(self) -> str:
@@ -85,6 +89,7 @@ class _Work:
     force_read: bool = False
     conflicts_left: int = MAX_CONFLICTS
     source_read: bool = False  # `ev` is the source's row as read now (NEEDS_SOURCE), not the change event
+    coalesced: bool = False  # `obs` stands for the change and its `earlier` ones
     done: bool = False  # failed or retried: nothing more to do this batch
     wrote: bool = False
 
@@ -135,6 +140,9 @@ class Applier:
         for w in works:
             if not w.done:
                 w.obs = self.observe(w.m, w.ev)
+                if w.change.earlier:
+                    self._coalesce(w)
+            if not w.done:
                 self.plan(w)
         for _ in range(MAX_CONFLICTS + 2):
             self._read_sources(works)
@@ -143,6 +151,25 @@ class Applier:
                 break
         self._write_back(works)
         self._settle(works)
+
+    def _coalesce(self, w: _Work) -> None:
+        """One plan and one write for a record's successive changes from one side, when `merge.coalesce`
+        shows that applying only the newest decides as applying each in turn would."""
+        try:
+            seen = [self.observe(w.m, c.event) for c in w.change.earlier]
+        except DualWriteError:
+            seen = []
+        merged = merge.coalesce(w.state, [*seen, w.obs], carried(w.m, w.change.towards)) if seen else None
+        if merged is None:
+            self._decline(w, "the changes could decide otherwise one by one")
+        else:
+            w.obs, w.coalesced = merged, True
+
+    def _decline(self, w: _Work, why: str) -> None:
+        """Not coalesced after all: no outcome, nothing written; the caller applies the changes one by one."""
+        w.change.declined, w.done = True, True
+        if trace.isEnabledFor(logging.DEBUG):
+            trace.debug("%s: %d changes not coalesced (%s)", w.change.state_key, len(w.change.earlier) + 1, why)
 
     def _fail(self, w: _Work, error: DualWriteError) -> None:
         w.change.error = error
@@ -222,6 +249,7 @@ class Applier:
                 self._observed(w.m, merge.other(side), targets.get(i)),
                 self._observed(w.m, side, sources.get(i)),
                 carried(w.m, merge.other(side)) - carried(w.m, side),
+                carried(w.m, side) - carried(w.m, merge.other(side)),
             )
             log.info("resolved the cut-short plan of %s after a restart", w.change.state_key)
             if trace.isEnabledFor(logging.DEBUG):
@@ -241,6 +269,10 @@ class Applier:
     def _read_sources(self, works: list[_Work]) -> None:
         """A change older than what dualwrite wrote to its side since: plan from the side's row as it is."""
         todo = [w for w in works if not w.done and w.plan.needs_source]
+        for w in todo:
+            if w.coalesced:
+                self._decline(w, "older than the source row")
+        todo = [w for w in todo if not w.done]
         rows = self._read(todo, lambda w: w.change.source)
         for i, w in enumerate(todo):
             if w.done:
@@ -276,6 +308,9 @@ class Applier:
 
     def _write_targets(self, works: list[_Work]) -> bool:
         """One write round; True when some record met a conflict and must be read and planned again."""
+        for w in works:
+            if w.coalesced and not w.done and not merge.coalesced_ok(w.plan):
+                self._decline(w, "the plan is no plain update")
         todo = [w for w in works if not w.done and w.plan.target != "none" and w.t_ack is None]
         todo = [w for w in todo if not (w.plan.needs_target or w.plan.needs_source)]
         if not todo:
@@ -306,6 +341,10 @@ class Applier:
                 w = todo[i]
                 if result.outcome is Outcome.DONE:
                     w.t_ack, w.wrote = result.ack or Ack(), True
+                elif result.outcome is Outcome.CONFLICT and w.coalesced:
+                    # The target changed meanwhile: its conflict is decided per change, with each one's time.
+                    self._decline(w, "412")
+                    refused.append(w)
                 elif result.outcome is Outcome.CONFLICT:
                     w.conflicts_left -= 1
                     if w.conflicts_left <= 0:

@@ -49,6 +49,13 @@ from dualwrite.tablemap import TableMap
 log = logging.getLogger("dualwrite.consumer")
 
 TP = tuple[str, int]
+MAX_COALESCED = 100  # changes of one record applied as one (its newest) at most
+
+
+def _same_run(first: _Item, it: _Item) -> bool:
+    """`it` may be coalesced with the run `first` begins: the same record's change from the same topic."""
+    assert first.change is not None and it.change is not None
+    return it.tp == first.tp and not it.change.repair and not first.change.repair
 
 
 def direction_of(source: str) -> str:
@@ -383,36 +390,60 @@ class ConsumerLoop:
             it.error = PermanentError(f"malformed change event: {exc}")
 
     def _apply(self, items: list[_Item]) -> None:
-        """Rounds of at most one change per record, in offset order; a partition stops at its first retry."""
+        """Rounds of at most one change per record, in offset order; a partition stops at its first retry.
+
+        A record's successive changes from one side go as one (`merge.coalesce`: the newest stands for
+        them, one write instead of one round each, so a backlog costs fewer requests); when the applier
+        declines that, they go one per round after all."""
         queues: dict[str, list[_Item]] = defaultdict(list)
         for it in items:
             assert it.change is not None
             queues[state_key(it.map, it.change.event)].append(it)
         stopped: dict[TP, int] = {}  # partition -> offset of its first change to retry
+        one_by_one: set[str] = set()  # records whose changes could not be coalesced
         started = time.monotonic()
         while queues:
-            batch = []
+            runs: list[tuple[str, list[_Item]]] = []
             for key in list(queues):
-                head = queues[key][0]
+                queue = queues[key]
+                head = queue[0]
                 if head.tp in stopped and head.offset > stopped[head.tp]:
                     del queues[key]  # comes again after the seek
                     continue
-                batch.append(queues[key].pop(0))
-                if not queues[key]:
+                run = [queue.pop(0)]
+                if key not in one_by_one:
+                    while queue and len(run) < MAX_COALESCED and _same_run(run[0], queue[0]):
+                        run.append(queue.pop(0))
+                if not queue:
                     del queues[key]
-            if not batch:
+                newest = run[-1].change
+                assert newest is not None
+                newest.earlier = [it.change for it in run[:-1] if it.change is not None]
+                runs.append((key, run))
+            if not runs:
                 break
-            changes = [it.change for it in batch if it.change is not None]
+            changes = [run[-1].change for _, run in runs if run[-1].change is not None]
             try:
                 self.applier.apply(changes)
             except DualWriteError as exc:  # a store or target that raises instead of answering per change
                 for c in changes:
-                    c.error, c.outcome = exc, None
-            for it in batch:
-                assert it.change is not None
-                it.outcome, it.error = it.change.outcome, it.change.error
-                if it.error is not None and isinstance(it.error, RetryableError):
-                    stopped[it.tp] = min(stopped.get(it.tp, it.offset), it.offset)
+                    c.error, c.outcome, c.declined = exc, None, False
+            for key, run in runs:
+                newest = run[-1].change
+                assert newest is not None
+                newest.earlier = []
+                if newest.declined:  # one change at a time for this record
+                    newest.declined = False
+                    one_by_one.add(key)
+                    queues[key] = run + queues.get(key, [])
+                    continue
+                for it in run:
+                    it.outcome, it.error = newest.outcome, newest.error
+                    if it is not run[-1] and it.outcome in ("applied", "skipped_equal"):
+                        it.outcome = "coalesced"
+                first = run[0]
+                if first.error is not None and isinstance(first.error, RetryableError):
+                    stopped[first.tp] = min(stopped.get(first.tp, first.offset), first.offset)
         for it in items:
             if it.change is not None and it.outcome is None and it.error is None:
                 it.error = RetryableError("not applied: an earlier change of its partition is retried")

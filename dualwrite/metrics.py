@@ -32,7 +32,8 @@ SOURCE_ERRORS = Counter(
 )
 RECORDS = Counter(
     "dualwrite_consumer_records_total",
-    "Records handled by a consumer, by outcome (applied, skipped_equal, filtered, dead_lettered, retried).",
+    "Records handled by a consumer, by outcome (applied, coalesced: a newer change of the record applied in its place, "
+    "skipped_equal, filtered, dead_lettered, retried).",
     ["map", "direction", "outcome"],
     registry=REGISTRY,
 )
@@ -92,7 +93,9 @@ RECONCILE_DRIFT = Gauge(
     registry=REGISTRY,
 )
 RECONCILE_LAST_RUN = Gauge(
-    "dualwrite_reconcile_last_run_timestamp_seconds", "When the last reconcile of a map ended.", ["map"],
+    "dualwrite_reconcile_last_run_timestamp_seconds",
+    "When the last reconcile of a map ended.",
+    ["map"],
     registry=REGISTRY,
 )
 RECONCILE_DURATION = Gauge(
@@ -119,7 +122,16 @@ BUDGET_WAIT = Counter(
 )
 
 # The label values each component reports, so that `initialise` can create every series at 0.
-CONSUMER_OUTCOMES = ("applied", "skipped_equal", "stale", "conflict", "filtered", "retried", "dead_lettered")
+CONSUMER_OUTCOMES = (
+    "applied",
+    "coalesced",
+    "skipped_equal",
+    "stale",
+    "conflict",
+    "filtered",
+    "retried",
+    "dead_lettered",
+)
 PRODUCER_OUTCOMES = {
     "fo": ("published", "echo_dropped", "filtered"),
     "dataverse": ("published", "echo_dropped", "filtered", "dead_lettered"),

@@ -48,7 +48,7 @@ def collect(cfg: Config) -> list[dict[str, Any]]:
                     "state": "paused" if name in paused else "running" if alive else "stopped",
                     "waits_on": waits_on(maps, name, paused),
                     "lag": lag.get(sources[name], 0),
-                    "applied": counts.get("applied", 0),
+                    "applied": counts.get("applied", 0) + counts.get("coalesced", 0),
                     "skipped": counts.get("skipped_equal", 0) + counts.get("filtered", 0),
                     "dlq": depth.get(kafka.dlq_topic(sources[name]), 0),
                 }

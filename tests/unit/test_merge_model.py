@@ -31,6 +31,8 @@ from dualwrite.merge import (
     Policy,
     RecordState,
     begin,
+    coalesce,
+    coalesced_ok,
     digest,
     other,
     plan,
@@ -225,7 +227,13 @@ class Protocol(RuleBasedStateMachine):
         if self.state.pending is not None:  # a crash cut the last plan short: find out what it did
             pending = self.state.pending
             w = pending.ev.side
-            self.state = resolve(self.state, self.observe(other(w)), self.observe(w), CARRIED[other(w)] - CARRIED[w])
+            self.state = resolve(
+                self.state,
+                self.observe(other(w)),
+                self.observe(w),
+                CARRIED[other(w)] - CARRIED[w],
+                CARRIED[w] - CARRIED[other(w)],
+            )
         state = self.state
         target: Observed | None = None
         current = False  # obs is the source's row as read now, not the event
@@ -261,6 +269,47 @@ class Protocol(RuleBasedStateMachine):
             self.state = settle(state, obs, target, p, t_ack, b_ack)
             return
         raise AssertionError("a write kept being refused")
+
+    def process_run(self, evs: list[Event], crash: str | None = None) -> int:
+        """Several events of one side at once, as the consumer applies a record's changes of one batch: the
+        newest stands for all when `coalesce` and `coalesced_ok` allow and its If-Match write lands; else
+        the first alone. How many of `evs` were applied (0: a crash)."""
+        a, b = evs[0].side, other(evs[0].side)
+        if self.state.pending is not None:
+            pending = self.state.pending
+            w = pending.ev.side
+            self.state = resolve(
+                self.state,
+                self.observe(other(w)),
+                self.observe(w),
+                CARRIED[other(w)] - CARRIED[w],
+                CARRIED[w] - CARRIED[other(w)],
+            )
+        state = self.state
+        merged = coalesce(state, [self.observed_event(e) for e in evs], CARRIED[b])
+        if merged is None:
+            self.process(evs[0], crash)
+            return 0 if crash else 1
+        newest = evs[-1]
+        target: Observed | None = None
+        p = plan(state, merged, None, CARRIED[b], CARRIED[a], self.policy)
+        if p.needs_target:
+            target = self.observe(b)
+            p = plan(state, merged, target, CARRIED[b], CARRIED[a], self.policy)
+        if not coalesced_ok(p):
+            self.process(evs[0], crash)
+            return 0 if crash else 1
+        self.state = begin(state, merged, target, p)
+        try:
+            t_ack = self.carry_out_target(newest, p)
+        except Conflict:  # the target changed meanwhile: one change at a time; the 412 says nothing was written
+            self.state = state
+            self.process(evs[0], crash)
+            return 0 if crash else 1
+        if crash == "after-write":
+            return 0
+        self.state = settle(state, merged, target, p, t_ack, None)
+        return len(evs)
 
     def observed_event(self, ev: Event) -> Observed:
         values = {n: digest(c.value) for n, c in ev.values.items()}
@@ -360,6 +409,20 @@ class Protocol(RuleBasedStateMachine):
         self.process(ev, crash)
         if crash is None:
             self.committed[side] += 1
+
+    @precondition(lambda self: self.pending(FO) > 1 or self.pending(DATAVERSE) > 1)
+    @rule(
+        side=st.sampled_from([FO, DATAVERSE]),
+        n=st.integers(min_value=2, max_value=4),
+        crash=st.sampled_from([None, None, "after-write"]),
+    )
+    def deliver_run(self, side: str, n: int, crash: str | None) -> None:
+        """The processor applies the next events of a topic together (a record's changes in one batch)."""
+        if self.pending(side) < 2:
+            side = other(side)
+        start = self.committed[side]
+        evs = self.topics[side][start : start + min(n, self.pending(side))]
+        self.committed[side] += self.process_run(evs, crash)
 
     @precondition(lambda self: self.committed[FO] or self.committed[DATAVERSE])
     @rule(side=st.sampled_from([FO, DATAVERSE]), back=st.integers(min_value=1, max_value=5))

@@ -452,6 +452,17 @@ class Chaos:
     def writes(self) -> dict[str, int]:
         return {side: self.s.writes_by(side, CLIENT_ID) for side in ("fo", "dataverse")}
 
+    def requests(self) -> dict[str, dict[str, int]]:
+        """dualwrite's own requests to each stand-in ($batch counted once) and the 429s it got."""
+        out = {}
+        for side in ("fo", "dataverse"):
+            stats = self.s.stats(side)
+            out[side] = {
+                "requests": int(stats.get("requests_by", {}).get(CLIENT_ID, 0)),
+                "throttled": int(stats.get("throttled", {}).get(CLIENT_ID, 0)),
+            }
+        return out
+
     def reconcile(self) -> tuple[int, Any]:
         args = [sys.executable, "-m", "wiring.cli", "reconcile", MAP, "--json", "--config", str(self.config_path())]
         res = subprocess.run(args, capture_output=True, text=True, timeout=600)
@@ -498,6 +509,7 @@ def run(changes: int, seconds: float, seed: int, state_dir: Path | None = None, 
         ids_before: dict[int, int] = {}
         dlq_before = chaos.dlq_counts(ids_before)
         writes_before = chaos.writes()
+        requests_before = chaos.requests()
         plan = chaos.schedule(seconds)
         workers = 4
         start = time.monotonic()
@@ -535,6 +547,10 @@ def run(changes: int, seconds: float, seed: int, state_dir: Path | None = None, 
         if still != quiet:
             failures.append(f"writes went on with no change to sync: {quiet} -> {still}")
         writes = {k: still[k] - writes_before[k] for k in still}
+        requests = {
+            side: {k: n - requests_before[side][k] for k, n in counts.items()}
+            for side, counts in chaos.requests().items()
+        }
         ops = chaos.tally.ops
         made = {s: sum(v for k, v in ops.items() if k.startswith(s[:2])) for s in ("fo", "dataverse")}
         # Each change is written to the other side at most once, plus a write back per true conflict and
@@ -562,6 +578,12 @@ def run(changes: int, seconds: float, seed: int, state_dir: Path | None = None, 
                 "dlq_new": dlq_new,
                 "dlq_duplicates": {t: n for t, n in chaos.dlq_duplicates.items() if n},
                 "writes": writes,
+                # requests per change: dualwrite's requests to a side (polls included) per change made on the other
+                "requests": requests,
+                "requests_per_change": {
+                    side: round(requests[side]["requests"] / max(1, made[other]), 3)
+                    for side, other in (("dataverse", "fo"), ("fo", "dataverse"))
+                },
                 "records": len(chaos.records),
                 "wrong_records": len(wrong),
                 "restarts_retried": sum(1 for e in chaos.tally.errors if e.startswith("restart of")),

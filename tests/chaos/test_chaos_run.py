@@ -22,6 +22,11 @@ def test_5000_changes_under_faults_lose_nothing_duplicate_nothing_and_stop(tmp_p
     seed = int(os.environ.get("DUALWRITE_CHAOS_SEED", "3"))
     code = run(5000, 60.0, seed, tmp_path)
     summary = json.loads((tmp_path / "chaos-summary.json").read_text())
+    if code != 0:  # what each component said last, for finding out from a CI log alone what went wrong
+        for log in sorted(tmp_path.glob("*.log")):
+            lines = log.read_text(errors="replace").splitlines()
+            print(f"--- {log.name}: last lines of {len(lines)}")
+            print("\n".join(line[:300] for line in lines[-25:]))
     assert code == 0, f"seed {seed}: {summary['failures']}"
     # The run did what it says: every kind of fault and poison happened, and the records were checked.
     kinds = {k.split()[0] for k in summary["faults"]}

@@ -796,6 +796,7 @@ def create_app(settings: Settings) -> Starlette:
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
             return to_starlette(resp)
+        stats.by_caller[identity.client_id] += 1
         if settings.latency_s:
             await asyncio.sleep(settings.latency_s)
         req = await read_request(request, BASE_PATH, identity)

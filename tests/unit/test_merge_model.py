@@ -221,12 +221,10 @@ class Protocol(RuleBasedStateMachine):
         return Ack(s.row.version, f'W/"{s.row.version}"', s.row.row_id)
 
     # -- the processor ------------------------------------------------------------------------------------
-    def process(self, ev: Event, crash: str | None = None) -> None:
-        a, b = ev.side, other(ev.side)
-        obs = self.observed_event(ev)
-        if self.state.pending is not None:  # a crash cut the last plan short: find out what it did
-            pending = self.state.pending
-            w = pending.ev.side
+    def resolve_pending(self) -> None:
+        """A crash cut the last plan short: what the two sides hold now tells what it did."""
+        if self.state.pending is not None:
+            w = self.state.pending.ev.side
             self.state = resolve(
                 self.state,
                 self.observe(other(w)),
@@ -234,6 +232,11 @@ class Protocol(RuleBasedStateMachine):
                 CARRIED[other(w)] - CARRIED[w],
                 CARRIED[w] - CARRIED[other(w)],
             )
+
+    def process(self, ev: Event, crash: str | None = None) -> None:
+        a, b = ev.side, other(ev.side)
+        obs = self.observed_event(ev)
+        self.resolve_pending()
         state = self.state
         target: Observed | None = None
         current = False  # obs is the source's row as read now, not the event
@@ -275,16 +278,7 @@ class Protocol(RuleBasedStateMachine):
         newest stands for all when `coalesce` and `coalesced_ok` allow and its If-Match write lands; else
         the first alone. How many of `evs` were applied (0: a crash)."""
         a, b = evs[0].side, other(evs[0].side)
-        if self.state.pending is not None:
-            pending = self.state.pending
-            w = pending.ev.side
-            self.state = resolve(
-                self.state,
-                self.observe(other(w)),
-                self.observe(w),
-                CARRIED[other(w)] - CARRIED[w],
-                CARRIED[w] - CARRIED[other(w)],
-            )
+        self.resolve_pending()
         state = self.state
         merged = coalesce(state, [self.observed_event(e) for e in evs], CARRIED[b])
         if merged is None:

@@ -540,7 +540,12 @@ def run(changes: int, seconds: float, seed: int, state_dir: Path | None = None, 
         failures += [f"record: {w}" for w in wrong[:20]]
         if len(wrong) > 20:
             failures.append(f"... and {len(wrong) - 20} more records wrong")
-        # No echoes: once the changes stop, so do the writes.
+        # No echoes: once the consumer applied everything (the records can agree before the last retries of
+        # a backlog are through, and those may still write), the writes stop.
+        try:
+            chaos.s.settle(timeout_s=max(120.0, seconds / 2))
+        except AssertionError as exc:
+            failures.append(f"the consumer did not catch up after the records agreed: {exc}")
         quiet = chaos.writes()
         time.sleep(10)
         still = chaos.writes()

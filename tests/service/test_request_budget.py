@@ -17,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from dualwrite.budget import RequestBudget
 from wiring.stack import CLIENT_ID, LocalStack, eventually
 
 pytestmark = pytest.mark.service
@@ -54,6 +55,7 @@ def test_a_burst_of_changes_reaches_dataverse_without_a_429(limited: LocalStack)
     numbers = [f"US-{i:03d}" for i in range(1, 21)]
     eventually(lambda: len(_names(watcher, numbers)) == 20, timeout_s=90, interval_s=1.0, what="seed synced")
     start, _ = _requests(limited)
+    consumer_start, t0 = _consumer_requests(limited), time.monotonic()
     sent: dict[str, str] = {}
     for i in range(200):  # 200 changes in about 4 s: far more than one request each could carry
         number = numbers[i % 20]
@@ -63,9 +65,17 @@ def test_a_burst_of_changes_reaches_dataverse_without_a_429(limited: LocalStack)
         ).raise_for_status()
         time.sleep(0.02)
     eventually(lambda: _names(watcher, numbers) == sent, timeout_s=90, interval_s=1.0, what="every change in Dataverse")
+    elapsed = time.monotonic() - t0
     used, throttled = _requests(limited)
-    assert throttled == 0, f"Dataverse answered dualwrite 429 {throttled} times"
-    assert used - start < 100, f"{used - start} requests for 200 changes: the batches did not grow"
+    spent = _consumer_requests(limited) - consumer_start
+    assert throttled == 0, f"Dataverse answered dualwrite 429 {throttled} times ({used - start} requests)"
+    # The consumer kept to its share: what its bucket held at the start plus its rate since (the producer's
+    # polls, on the same user, keep to theirs). Its requests are bounded by time, not by changes: near the
+    # share each one carried several changes.
+    b = limited.cfg.dataverse.budget
+    share = RequestBudget(b.requests, b.window_s, b.shares["consumer"], b.headroom)
+    assert spent <= share.capacity + share.rate * elapsed + 2, f"{spent} consumer requests in {elapsed:.1f} s"
+    assert spent <= 0.6 * len(range(200)), f"{spent} consumer requests for 200 changes: the batches did not grow"
 
 
 def test_an_idle_stack_polls_less_often(tmp_path_factory: pytest.TempPathFactory) -> None:

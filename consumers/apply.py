@@ -158,8 +158,9 @@ class Applier:
         try:
             seen = [self.observe(w.m, c.event) for c in w.change.earlier]
         except DualWriteError:
-            seen = []
-        merged = merge.coalesce(w.state, [*seen, w.obs], carried(w.m, w.change.towards)) if seen else None
+            self._decline(w, "an earlier change cannot be read")
+            return
+        merged = merge.coalesce(w.state, [*seen, w.obs], carried(w.m, w.change.towards))
         if merged is None:
             self._decline(w, "the changes could decide otherwise one by one")
         else:

@@ -25,6 +25,7 @@ from dualwrite.merge import (
     DATAVERSE,
     EMPTY,
     FO,
+    NOTHING,
     Ack,
     Observed,
     Plan,
@@ -281,29 +282,26 @@ class Protocol(RuleBasedStateMachine):
         self.resolve_pending()
         state = self.state
         merged = coalesce(state, [self.observed_event(e) for e in evs], CARRIED[b])
-        if merged is None:
-            self.process(evs[0], crash)
-            return 0 if crash else 1
-        newest = evs[-1]
         target: Observed | None = None
-        p = plan(state, merged, None, CARRIED[b], CARRIED[a], self.policy)
-        if p.needs_target:
-            target = self.observe(b)
-            p = plan(state, merged, target, CARRIED[b], CARRIED[a], self.policy)
-        if not coalesced_ok(p):
-            self.process(evs[0], crash)
-            return 0 if crash else 1
-        self.state = begin(state, merged, target, p)
-        try:
-            t_ack = self.carry_out_target(newest, p)
-        except Conflict:  # the target changed meanwhile: one change at a time; the 412 says nothing was written
-            self.state = state
-            self.process(evs[0], crash)
-            return 0 if crash else 1
-        if crash == "after-write":
-            return 0
-        self.state = settle(state, merged, target, p, t_ack, None)
-        return len(evs)
+        p = NOTHING
+        if merged is not None:
+            p = plan(state, merged, None, CARRIED[b], CARRIED[a], self.policy)
+            if p.needs_target:
+                target = self.observe(b)
+                p = plan(state, merged, target, CARRIED[b], CARRIED[a], self.policy)
+        if merged is not None and coalesced_ok(p):
+            self.state = begin(state, merged, target, p)
+            try:
+                t_ack = self.carry_out_target(evs[-1], p)
+            except Conflict:  # the target changed meanwhile: one change at a time; the 412 says nothing was written
+                self.state = state
+            else:
+                if crash == "after-write":
+                    return 0
+                self.state = settle(state, merged, target, p, t_ack, None)
+                return len(evs)
+        self.process(evs[0], crash)
+        return 0 if crash else 1
 
     def observed_event(self, ev: Event) -> Observed:
         values = {n: digest(c.value) for n, c in ev.values.items()}

@@ -305,6 +305,12 @@ def resolve(
             else:
                 fields[name] = _at(FieldState(target.values[name]), a, NO_VERSION, b, target.version)
     settled = replace(settled, fields=fields)
+    # The writes' answers were lost with the crash: what landed is known from reads, which may not name their row.
+    for side, ack in ((b, landed), (a, back)):
+        if ack is not None and ack.row_id is None:
+            settled = settled.with_side(
+                side, replace(settled.side(side), row_id=_row_seen(base.side(side), ack.version, None))
+            )
     if overwritten:  # someone wrote the target after (or instead of) dualwrite
         settled = settled.with_side(b, replace(settled.side(b), written=NO_VERSION))
     if back_overwritten:
@@ -349,6 +355,18 @@ def _versioned(s: SideState, seen: Observed) -> SideState:
     if s.written == CREATED_UNVERSIONED and seen.version is not None and seen.row_id == s.row_id:
         return replace(s, written=NO_VERSION)
     return s
+
+
+def _row_seen(s: SideState, version: int | None, row_id: str | None) -> str | None:
+    """The side's row id once a row was seen at `version`: a read that does not name its row (F&O's OData rows
+    have no id, only its data events do) and shows a newer version may show a row made anew under the same key,
+    so the id known before no longer says which row the side's version is of: it becomes unknown, and later
+    events are ordered by their versions alone (which are unique per change of any row of a table)."""
+    if row_id:
+        return row_id
+    if version is not None and version > s.version:
+        return None
+    return s.row_id
 
 
 def _not_newer(v: int | None, known: int) -> bool:
@@ -613,21 +631,27 @@ def settle(
     ev_v = NO_VERSION if ev.version is None else ev.version
     if ev.version is None or ev.version > sa.version or (ev.version == sa.version and not _other_row(ev, sa)):
         # (an older change, or another row's at a version already known, says nothing of the row now)
-        sa = replace(sa, exists=ev.exists, row_id=ev.row_id or sa.row_id)
+        sa = replace(sa, exists=ev.exists, row_id=_row_seen(sa, ev.version, ev.row_id))
     sa = replace(_versioned(sa, ev), version=_newest(ev.version, sa.version), etag=_etag(sa, ev))
     tv = sb.version
     if target is not None and target.exists:
         # A read shows the row; that it is gone is learnt from its delete event, not from a read.
         tv = _newest(target.version, sb.version)
         sb = replace(
-            _versioned(sb, target), exists=True, version=tv, etag=_etag(sb, target), row_id=target.row_id or sb.row_id
+            _versioned(sb, target),
+            exists=True,
+            version=tv,
+            etag=_etag(sb, target),
+            row_id=_row_seen(sb, target.version, target.row_id),
         )
     if target_ack is not None:
         version = _newest(target_ack.version, sb.version)
         written = NO_VERSION if target_ack.version is None else target_ack.version
         if target_ack.version is None and p.target == "create":
             written = CREATED_UNVERSIONED
-        sb = SideState(p.target != "delete", version, target_ack.etag, target_ack.row_id or sb.row_id, written)
+        # (an update's answer is of the row its If-Match named; a created row is another row than any known before)
+        row_id = target_ack.row_id if p.target == "create" else target_ack.row_id or sb.row_id
+        sb = SideState(p.target != "delete", version, target_ack.etag, row_id, written)
     if not ev.exists:
         if p.back == "create" and back_ack is not None and target is not None:
             made = _v(back_ack) if back_ack.version is not None else CREATED_UNVERSIONED

@@ -338,3 +338,26 @@ def test_changes_of_a_row_whose_id_the_state_lacks_are_coalesced_only_when_they_
     assert coalesce(state, same, FIELDS) is same[-1]
     remade = [seen(FO, 11, row_id="fo-7", name="N1", memo="M0"), seen(FO, 12, row_id="fo-8", name="N2", memo="M0")]
     assert coalesce(state, remade, FIELDS) is None
+
+
+def test_a_read_that_names_no_row_does_not_make_the_changes_of_a_row_made_anew_look_stale() -> None:
+    # Chaos run, seed 3 (CH-00177): a person deleted the F&O row and made it anew ("fo-2", versions 20 and 21);
+    # before their events came, dualwrite read F&O for a Dataverse change. F&O's OData rows have no id, so the
+    # read at version 21 was recorded under the old row's id, and the new row's own events (another row at a
+    # version already held) were dropped as older incarnations: the person's two changes were lost.
+    state = synced()
+    dv_change = seen(DATAVERSE, 101, memo="M1", name="N0")
+    fo_now = Observed(FO, True, {"name": digest("N2"), "memo": digest("M0")}, 21, 'W/"21"', None, T0)
+    p = plan(state, dv_change, fo_now, FIELDS, FIELDS)
+    assert p.target == "update" and p.fields == {"memo"}
+    state = settle(state, dv_change, fo_now, p, Ack(22, 'W/"22"'))
+    created = seen(FO, 20, row_id="fo-2", name="N1", memo="M0")
+    renamed = seen(FO, 21, row_id="fo-2", name="N2", memo="M0")
+    dv_version = 102
+    for ev in (created, renamed):
+        p = plan(state, ev, None, FIELDS, FIELDS)
+        assert not p.stale, f"the change at version {ev.version} of the row made anew was taken for an older row's"
+        if p.target == "update":
+            state = settle(state, ev, None, p, Ack(dv_version, f'W/"{dv_version}"'))
+            dv_version += 1
+    assert state.fields["name"].value == digest("N2")  # the person's last change reached Dataverse

@@ -124,6 +124,36 @@ def backoff_s(rc: RetryConfig, retry: _Retry, error: DualWriteError | None, jitt
     return backoff
 
 
+@dataclass
+class GroupWatch:
+    """Says when the consumer has held no partition for long: a group that never finishes its rebalance (a
+    coordinator that lost track of a member, a member stuck in a callback) otherwise shows only as a sync that
+    stopped. Warns after `after_s` without an assignment, then once per `after_s`, with what librdkafka
+    last said of the group."""
+
+    after_s: float = 60.0
+    since: float | None = None  # when the consumer last had no partition while it had had some or subscribed
+    warned: float = 0.0
+    group: dict[str, Any] = field(default_factory=dict)  # librdkafka's `cgrp` statistics
+
+    def check(self, now: float, partitions: int) -> str | None:
+        if partitions:
+            self.since = None
+            return None
+        if self.since is None:
+            self.since, self.warned = now, now
+            return None
+        if now - self.warned < self.after_s:
+            return None
+        self.warned = now
+        g = self.group
+        return (
+            f"no partition assigned for {now - self.since:.0f} s; the group's state as librdkafka sees it: "
+            f"{g.get('state', '?')}, join state {g.get('join_state', '?')}, "
+            f"{g.get('rebalance_cnt', '?')} rebalances, last {g.get('rebalance_reason', '?')!r}"
+        )
+
+
 class PartitionGate:
     """Which partitions wait (a retry's backoff, a paused map) and the offset each resumes at.
 
@@ -238,6 +268,7 @@ class ConsumerLoop:
         self.control = ControlFollower(cfg.kafka)
         self.assigned = threading.Event()
         self._revokes = 0  # rebalances that took partitions away, so far
+        self.group_watch = GroupWatch(max(60.0, cfg.consumer.session_timeout_ms / 100))
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -261,6 +292,9 @@ class ConsumerLoop:
                 self.gate.resume_due(self.consumer, time.monotonic())
                 self._follow_pauses()
                 msgs = self.consumer.consume(self.cfg.consumer.batch_size, self.cfg.consumer.poll_timeout_s)
+                stalled = self.group_watch.check(time.monotonic(), len(self.consumer.assignment()))
+                if stalled:
+                    log.warning("%s", stalled)
                 if msgs:
                     self._process(self._fill(msgs))
                 for s in self.status.values():
@@ -333,9 +367,11 @@ class ConsumerLoop:
     def _on_stats(self, stats_json: str) -> None:
         """Lag per topic from librdkafka's statistics (no extra broker requests on the hot loop)."""
         try:
-            topics = json.loads(stats_json).get("topics", {})
+            stats = json.loads(stats_json)
         except ValueError:
             return
+        self.group_watch.group = dict(stats.get("cgrp") or {})
+        topics = stats.get("topics", {})
         for topic, t in topics.items():
             if topic not in self.routes:
                 continue

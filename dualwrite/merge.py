@@ -32,6 +32,9 @@ NO_VERSION = -1
 # `SideState.written` of a row dualwrite created with an answer that gave no version (CreateMultiple answers
 # ids only): the side's `version` is then of an earlier row, so it cannot order another row's events.
 CREATED_UNVERSIONED = -2
+# `SideState.ghost` when the row a cut-short create may have made cannot be named (F&O chooses its own ids):
+# a delete of a row made after `ghost_floor` that dualwrite did not know is then taken for that row's delete.
+ANY_ROW = "*"
 
 
 def other(side: str) -> str:
@@ -66,6 +69,12 @@ class SideState:
     etag: str | None = None
     row_id: str | None = None
     written: int = NO_VERSION  # the version dualwrite's own last write gave the row
+    # A row dualwrite may have made here with a create a crash cut short, not found after it (a person may
+    # have deleted it before the restart): its id (ANY_ROW when the side chose it) and the side's version
+    # before it. Its delete event, when it comes, is a person's delete of the record (see `plan`).
+    ghost: str | None = None
+    ghost_floor: int = NO_VERSION
+    ghost_of: int = NO_VERSION  # the other side's version the row was made of
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,8 @@ class RecordState:
 
     def to_json(self) -> dict[str, Any]:
         def side(s: SideState) -> list[Any]:
-            return [s.exists, s.version, s.etag, s.row_id, s.written]
+            out = [s.exists, s.version, s.etag, s.row_id, s.written]
+            return out if s.ghost is None else [*out, s.ghost, s.ghost_floor, s.ghost_of]
 
         out: dict[str, Any] = {
             "fo": side(self.fo),
@@ -98,7 +108,8 @@ class RecordState:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RecordState:
         def side(v: list[Any]) -> SideState:
-            return SideState(v[0], int(v[1]), v[2], v[3], int(v[4]))
+            ghost = (v[5], int(v[6]), int(v[7])) if len(v) > 7 else (None, NO_VERSION, NO_VERSION)
+            return SideState(v[0], int(v[1]), v[2], v[3], int(v[4]), *ghost)
 
         return cls(
             side(data["fo"]),
@@ -168,6 +179,9 @@ class Plan:
     conflicts: frozenset[str] = frozenset()
     agreed: frozenset[str] = frozenset()  # both sides already hold the same new value
     changed: frozenset[str] = frozenset()  # fields the source changed since the agreed state
+    # The id the caller gives the row a create makes (`target` or `back` "create"), on a side that takes
+    # the client's id (Dataverse): recorded with the plan, it names the row if a crash cuts the create short.
+    create_id: str | None = None
 
 
 NOTHING = Plan()
@@ -217,6 +231,7 @@ def _plan_json(p: Plan) -> dict[str, Any]:
         "r": p.back_refused,
         "c": sorted(p.conflicts),
         "ch": sorted(p.changed),
+        **({"id": p.create_id} if p.create_id else {}),
     }
 
 
@@ -232,6 +247,7 @@ def _plan(v: Mapping[str, Any]) -> Plan:
         agreed=frozenset(v.get("a", ())),
         changed=frozenset(v.get("ch", ())),
         back_refused=bool(v.get("r")),
+        create_id=v.get("id"),
     )
 
 
@@ -269,7 +285,14 @@ def resolve(
     if planned is None and target is None:
         planned = state.side(other(ev.side)).version
     row = target.row_id if target is not None else state.side(other(ev.side)).row_id
-    landed, overwritten = _landed(p.target, p.fields, ev, target_now, planned, None if p.target == "create" else row)
+    if p.target == "create":
+        row = p.create_id
+    landed, overwritten = _landed(p.target, p.fields, ev, target_now, planned, row)
+    if p.target == "create" and landed is None and not _exists(target_now):
+        # No row of it there: it was not made, or it was and a person deleted it before the restart. The change
+        # is planned again when its event comes back; the delete, if there was one, is known by its event.
+        # (Another row there now was made by a person after that one was gone: it is newer than the delete.)
+        return base.with_side(other(ev.side), _ghost_of(base.side(other(ev.side)), p.create_id, ev.version))
     if p.target != "none" and landed is None:
         return base  # the write did not happen: the change is planned again when its event comes back
     back, back_overwritten = (None, frozenset[str]())
@@ -311,6 +334,8 @@ def resolve(
             settled = settled.with_side(
                 side, replace(settled.side(side), row_id=_row_seen(base.side(side), ack.version, None))
             )
+    if p.back == "create" and back is None and target is not None and not p.back_refused and not _exists(source_now):
+        settled = settled.with_side(a, _ghost_of(settled.side(a), p.create_id, target.version))
     if overwritten:  # someone wrote the target after (or instead of) dualwrite
         settled = settled.with_side(b, replace(settled.side(b), written=NO_VERSION))
     if back_overwritten:
@@ -346,14 +371,43 @@ def _landed(
     return Ack(now.version, now.etag, now.row_id), frozenset(names - held)
 
 
+def _exists(now: Observed | None) -> bool:
+    return now is not None and now.exists
+
+
+def _ghost_of(s: SideState, row_id: str | None, made_of: int | None) -> SideState:
+    """The side once a create there was cut short and no row of it found (see `SideState.ghost`)."""
+    return replace(s, ghost=row_id or ANY_ROW, ghost_floor=s.version, ghost_of=_v(Ack(made_of)))
+
+
+def _ghost(s: SideState, ev: Observed) -> bool:
+    """Whether `ev` is the delete of the row a cut-short create may have made on its side (`SideState.ghost`):
+    dualwrite knew nothing of that row, so only a person can have deleted it."""
+    if ev.exists or s.ghost is None or (ev.row_id and ev.row_id == s.row_id):
+        return False
+    if s.ghost != ANY_ROW:
+        return ev.row_id == s.ghost
+    # The side names its rows itself: a row made after the floor that dualwrite never knew, and before the row
+    # it made again, if it did (while that one is as dualwrite made it: a change of it is later than the delete).
+    if s.exists is True and s.written != s.version:
+        return False
+    return ev.version is not None and ev.version > s.ghost_floor and (s.exists is not True or ev.version < s.version)
+
+
+def _unghosted(s: SideState) -> SideState:
+    return replace(s, ghost=None, ghost_floor=NO_VERSION, ghost_of=NO_VERSION)
+
+
 def _other_row(seen: Observed, s: SideState) -> bool:
     return bool(seen.row_id and s.row_id and seen.row_id != s.row_id)
 
 
-def _versioned(s: SideState, seen: Observed) -> SideState:
-    """The side once a version of the row dualwrite created without one (CREATED_UNVERSIONED) is seen."""
+def _versioned(s: SideState, seen: Observed, fields: Mapping[str, FieldState]) -> SideState:
+    """The side once a version of the row dualwrite created without one (CREATED_UNVERSIONED) is seen: that
+    version is dualwrite's while the row holds what dualwrite wrote (as `unchanged_since_written` tells)."""
     if s.written == CREATED_UNVERSIONED and seen.version is not None and seen.row_id == s.row_id:
-        return replace(s, written=NO_VERSION)
+        same = seen.exists and all(fields[n].value == v for n, v in seen.values.items() if n in fields)
+        return replace(s, written=seen.version if same else NO_VERSION)
     return s
 
 
@@ -433,6 +487,8 @@ def plan(
         return replace(NOTHING, stale=True)  # the source changed after reconcile read it
     if repair and target is None and ev.exists:
         return NEEDS_TARGET
+    if _ghost(sa, ev):
+        return _plan_ghost_delete(state, ev, target)
     if other_row and (not ev.exists or _not_newer(ev.version, sa.version)):
         # A change of an earlier incarnation of the row. Row versions are unique per change of any row of a
         # table, so another row at a version dualwrite already holds for this side is from before the row it
@@ -610,6 +666,39 @@ def _plan_delete(
     return Plan("delete", if_match=target.etag)
 
 
+def _plan_ghost_delete(state: RecordState, ev: Observed, target: Observed | None) -> Plan:
+    """A person deleted the row dualwrite made of the other side's row with a create a crash cut short: the
+    record goes on both sides (the row dualwrite made again since, if it did, too), unless the other side
+    changed since the row was made of it (an update beats a concurrent delete, as everywhere)."""
+    a, b = ev.side, other(ev.side)
+    sa, sb = state.side(a), state.side(b)
+    back: Action = "delete" if sa.exists is True else "none"
+    if target is None:
+        return NEEDS_TARGET
+    if back == "delete" and sa.written not in (sa.version, CREATED_UNVERSIONED):
+        return replace(NOTHING, stale=True)  # the row made again was changed since: the update wins
+    if not target.exists:
+        return Plan(back=back, back_if_match=sa.etag)
+    if sa.ghost_of != NO_VERSION and target.version is not None:
+        changed = target.version > max(sa.ghost_of, sb.version if sa.exists is True else NO_VERSION)
+    else:
+        changed = any(state.fields.get(n, FieldState(ABSENT)).value != v for n, v in target.values.items())
+    if changed:
+        return replace(NOTHING, stale=True)
+    return Plan("delete", if_match=target.etag, back=back, back_if_match=sa.etag)
+
+
+def unchanged_since_written(state: RecordState, now: Observed) -> bool:
+    """Whether a side's row as read `now` is still the one dualwrite last wrote there (for a write back
+    whose ETag the state does not know: a row dualwrite created with an answer that gave no version)."""
+    s = state.side(now.side)
+    if not now.exists or s.exists is not True or _other_row(now, s):
+        return False
+    if s.written == CREATED_UNVERSIONED:
+        return all(state.fields[n].value == v for n, v in now.values.items() if n in state.fields)
+    return now.version is not None and now.version == s.written
+
+
 # -- the state after the plan was carried out ----------------------------------------------------------------
 def settle(
     state: RecordState,
@@ -627,18 +716,24 @@ def settle(
         return state
     a, b = ev.side, other(ev.side)
     sa, sb = state.side(a), state.side(b)
+    if _ghost(sa, ev):
+        return _settle_ghost_delete(state, ev, target, p, target_ack, back_ack)
     fields = dict(state.fields)
     ev_v = NO_VERSION if ev.version is None else ev.version
     if ev.version is None or ev.version > sa.version or (ev.version == sa.version and not _other_row(ev, sa)):
         # (an older change, or another row's at a version already known, says nothing of the row now)
         sa = replace(sa, exists=ev.exists, row_id=_row_seen(sa, ev.version, ev.row_id))
-    sa = replace(_versioned(sa, ev), version=_newest(ev.version, sa.version), etag=_etag(sa, ev))
+    sa = replace(_versioned(sa, ev, state.fields), version=_newest(ev.version, sa.version), etag=_etag(sa, ev))
     tv = sb.version
     if target is not None and target.exists:
         # A read shows the row; that it is gone is learnt from its delete event, not from a read.
+        if p.target != "create" and (sb.exists is not True or _other_row(target, sb)):
+            # A row dualwrite did not make nor know: a person made it after the one a cut-short create made
+            # there was gone (the key is unique), so that row's delete is older than this row.
+            sb = _unghosted(sb)
         tv = _newest(target.version, sb.version)
         sb = replace(
-            _versioned(sb, target),
+            _versioned(sb, target, state.fields),
             exists=True,
             version=tv,
             etag=_etag(sb, target),
@@ -651,14 +746,18 @@ def settle(
             written = CREATED_UNVERSIONED
         # (an update's answer is of the row its If-Match named; a created row is another row than any known before)
         row_id = target_ack.row_id if p.target == "create" else target_ack.row_id or sb.row_id
+        ghost = sb if p.target != "delete" else SideState()
         sb = SideState(p.target != "delete", version, target_ack.etag, row_id, written)
+        sb = replace(sb, ghost=ghost.ghost, ghost_floor=ghost.ghost_floor, ghost_of=ghost.ghost_of)
     if not ev.exists:
         if p.back == "create" and back_ack is not None and target is not None:
             made = _v(back_ack) if back_ack.version is not None else CREATED_UNVERSIONED
-            sa = SideState(True, _newest(back_ack.version, sa.version), back_ack.etag, back_ack.row_id, made)
+            sa = replace(sa, exists=True, version=_newest(back_ack.version, sa.version), etag=back_ack.etag)
+            sa = replace(sa, row_id=back_ack.row_id, written=made)
             for name in p.back_fields:
                 fields[name] = _at(FieldState(target.values[name]), a, back_ack.version, b, tv)
             return _state(a, sa, sb, fields)
+        sa = _unghosted(sa)  # (deleted: a later delete of the row a cut-short create made is of an older row)
         if p.back == "none":  # deleted on both sides now
             sb = replace(sb, exists=False, etag=None)
             fields = {n: _at(FieldState(ABSENT), a, ev_v, b, sb.version) for n in fields}
@@ -678,9 +777,30 @@ def settle(
             fields[name] = _at(FieldState(value), a, ev_v, b, NO_VERSION)
     if back_ack is not None and target is not None:
         version = _newest(back_ack.version, sa.version)
-        sa = SideState(True, version, back_ack.etag or sa.etag, sa.row_id, _v(back_ack))
+        sa = replace(sa, exists=True, version=version, etag=back_ack.etag or sa.etag, written=_v(back_ack))
         for name in p.back_fields:
             fields[name] = _at(FieldState(target.values[name]), a, back_ack.version, b, tv)
+    return _state(a, sa, sb, fields)
+
+
+def _settle_ghost_delete(
+    state: RecordState, ev: Observed, target: Observed | None, p: Plan, target_ack: Ack | None, back_ack: Ack | None
+) -> RecordState:
+    a, b = ev.side, other(ev.side)
+    sa, sb = state.side(a), state.side(b)
+    version = _newest(ev.version, sa.version)
+    if p.back == "none" or back_ack is not None:  # the row made again (if any) is gone too
+        sa = SideState(False, _newest(None if back_ack is None else back_ack.version, version), None, sa.row_id)
+    else:  # the row made again was changed meanwhile (refused): it stays, and its change comes
+        sa = replace(_unghosted(sa), version=version)
+    if target_ack is not None:  # (the row deleted was at the version read, if its answer gives none)
+        gone = _newest(target_ack.version, _newest(target.version if target is not None else None, sb.version))
+        sb = SideState(False, gone, None, sb.row_id, _v(target_ack))
+    elif target is not None and not target.exists:
+        sb = replace(sb, exists=False, etag=None)
+    fields = dict(state.fields)
+    if sa.exists is False and sb.exists is False:
+        fields = {n: _at(FieldState(ABSENT), a, sa.version, b, sb.version) for n in fields}
     return _state(a, sa, sb, fields)
 
 

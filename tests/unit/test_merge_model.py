@@ -39,6 +39,7 @@ from dualwrite.merge import (
     plan,
     resolve,
     settle,
+    unchanged_since_written,
 )
 
 TWO_WAY = ("x", "y")
@@ -124,15 +125,11 @@ class Protocol(RuleBasedStateMachine):
         self.writes = 0
         self.policy = Policy()
         self.last_id: dict[str, str] = {}  # the id of each side's last deleted row
-        self.deleted_ids: list[str] = []  # Dataverse rows deleted since the last poll
+        # Dataverse rows deleted since the last poll, with the person's delete edit (None: dualwrite's delete)
+        self.deleted_ids: list[tuple[str, int | None]] = []
         self.deleted_at = 0
         self.deleted_once = False
         self.bulk_creates = True  # Dataverse creates go by CreateMultiple: the answer has no version
-        # The known gap (README, Known limits; xfail test in test_merge.py): dualwrite crashed after creating a
-        # row and before recording it, and a person deleted that row before the restart: the restart cannot
-        # tell the create from one that never happened and makes the row again. The oracle skips existence then.
-        self.cut_create: str | None = None
-        self.known_gap = False
 
     # -- the two systems ----------------------------------------------------------------------------
     def tick(self) -> int:
@@ -163,15 +160,13 @@ class Protocol(RuleBasedStateMachine):
         fields = TWO_WAY + (ONE_WAY if side == FO else ())
         if changes is None:  # delete
             assert s.row is not None
-            if self.cut_create == side:
-                self.known_gap = True
             self.deleted_once = True
             self.last_id[side], self.deleted_at = s.row.row_id, s.row.version
+            s.exists_edit = self.edits.new("exists", s.exists_edit, False)
             if side == DATAVERSE:
-                self.deleted_ids.append(s.row.row_id)
+                self.deleted_ids.append((s.row.row_id, s.exists_edit))
             s.row = None
             s.bump()
-            s.exists_edit = self.edits.new("exists", s.exists_edit, False)
         elif create:
             assert s.row is None
             s.exists_edit = self.edits.new("exists", s.exists_edit, True)
@@ -187,21 +182,26 @@ class Protocol(RuleBasedStateMachine):
         if side == FO:
             self.emit(FO)
 
-    def dualwrite_writes(self, side: str, action: str, cells: dict[str, Cell], if_match: str | None) -> Ack:
-        """A write by dualwrite, with the target's preconditions."""
-        ack = self._write(side, action, cells, if_match)
+    def dualwrite_writes(
+        self, side: str, action: str, cells: dict[str, Cell], if_match: str | None, row_id: str | None = None
+    ) -> Ack:
+        """A write by dualwrite, with the target's preconditions (`row_id`: a create's id, where the side takes it)."""
+        ack = self._write(side, action, cells, if_match, row_id)
         if side == FO:
             self.emit(FO)  # F&O raises a data event for dualwrite's own write too; the producer passes it on
         return ack
 
-    def _write(self, side: str, action: str, cells: dict[str, Cell], if_match: str | None) -> Ack:
+    def _write(
+        self, side: str, action: str, cells: dict[str, Cell], if_match: str | None, row_id: str | None = None
+    ) -> Ack:
         s = self.sides[side]
         self.writes += 1
         if action == "create":
             if s.row is not None:
                 raise Conflict("412: exists")
             full = {n: cells.get(n, Cell(None, 0)) for n in TWO_WAY + ONE_WAY}
-            s.row = Row(full, s.bump(), f"{side}-{next(_ids)}", self.tick())
+            assert row_id is None or side == DATAVERSE, "F&O chooses its own row ids"
+            s.row = Row(full, s.bump(), row_id or f"{side}-{next(_ids)}", self.tick())
             if side == DATAVERSE and self.bulk_creates:
                 return Ack(None, None, s.row.row_id)  # CreateMultiple answers the new ids only
         else:
@@ -213,7 +213,7 @@ class Protocol(RuleBasedStateMachine):
             if action == "delete":
                 self.last_id[side], self.deleted_at = s.row.row_id, s.row.version
                 if side == DATAVERSE:
-                    self.deleted_ids.append(s.row.row_id)
+                    self.deleted_ids.append((s.row.row_id, None))
                 s.row = None
                 s.bump()
                 return Ack(s.version)
@@ -252,6 +252,7 @@ class Protocol(RuleBasedStateMachine):
                 target = self.observe(b)
                 p = plan(state, obs, target, CARRIED[b], CARRIED[a], self.policy, current=current)
                 assert not p.needs_target
+            p = _with_create_id(p, a)
             self.state = begin(state, obs, target, p)  # recorded before the writes
             try:
                 t_ack = self.carry_out_target(ev, p)
@@ -259,17 +260,12 @@ class Protocol(RuleBasedStateMachine):
                 target = self.observe(b)
                 p = plan(state, obs, target, CARRIED[b], CARRIED[a], self.policy, current=current)
                 continue
-            b_ack = self.carry_out_back(ev, p)
+            b_ack = self.carry_out_back(ev, p, state)
             if p.back != "none" and b_ack is None:  # refused: recorded, so a crash now does not guess
                 p = replace(p, back_refused=True)
                 self.state = begin(state, obs, target, p)
             if crash == "after-write":
-                if p.target == "create" and t_ack is not None:
-                    self.cut_create = b
-                elif p.back == "create" and b_ack is not None:
-                    self.cut_create = a
                 return  # the settled state is lost with the crash; the event comes again
-            self.cut_create = None
             self.state = settle(state, obs, target, p, t_ack, b_ack)
             return
         raise AssertionError("a write kept being refused")
@@ -326,26 +322,42 @@ class Protocol(RuleBasedStateMachine):
             self.sides[b].exists_edit = ev.exists_edit
             return ack
         cells = {n: ev.values[n] for n in p.fields}
-        ack = self.dualwrite_writes(b, p.target, cells, p.if_match)
+        ack = self.dualwrite_writes(b, p.target, cells, p.if_match, p.create_id if p.target == "create" else None)
         if p.target == "create":
             self.sides[b].exists_edit = ev.exists_edit
         return ack
 
-    def carry_out_back(self, ev: Event, p: Plan) -> Ack | None:
+    def carry_out_back(self, ev: Event, p: Plan, state: RecordState) -> Ack | None:
         a, b = ev.side, other(ev.side)
         if p.back == "none":
             return None
+        if p.back == "delete":  # the row dualwrite made again after a person deleted the one it had made
+            if_match = p.back_if_match
+            if if_match is None:  # made by CreateMultiple, no version known: read it
+                source = self.observe(a)
+                if not source.exists:
+                    return Ack()
+                if not unchanged_since_written(state, source):
+                    return None
+                if_match = source.etag
+            try:
+                ack = self.dualwrite_writes(a, "delete", {}, if_match)
+            except Conflict:
+                return None
+            self.sides[a].exists_edit = ev.exists_edit
+            return ack
         row = self.sides[b].row
         assert row is not None
         cells = {n: Cell(row.cells[n].value, row.cells[n].edit) for n in p.back_fields}
         if_match = p.back_if_match
+        row_id = p.create_id if p.back == "create" else None
         if p.back == "update" and if_match is None:  # the source's event had no ETag: read it
             source = self.observe(a)
             if not source.exists or source.version != ev.version:
                 return None  # the source changed again: its next event decides anew
             if_match = source.etag
         try:
-            ack = self.dualwrite_writes(a, p.back, cells, if_match)
+            ack = self.dualwrite_writes(a, p.back, cells, if_match, row_id)
         except Conflict:
             return None
         if p.back == "create":
@@ -360,8 +372,9 @@ class Protocol(RuleBasedStateMachine):
         if seen == self.polled:
             return
         self.polled = seen
-        for row_id in self.deleted_ids:
-            self.topics[DATAVERSE].append(Event(DATAVERSE, False, {}, None, None, row_id, None, s.exists_edit))
+        for row_id, edit in self.deleted_ids:
+            made = s.exists_edit if edit is None else edit
+            self.topics[DATAVERSE].append(Event(DATAVERSE, False, {}, None, None, row_id, None, made))
         self.deleted_ids = []
         if s.row is not None:
             self.emit(DATAVERSE)
@@ -447,7 +460,7 @@ class Protocol(RuleBasedStateMachine):
         fo, dv = self.sides[FO].row, self.sides[DATAVERSE].row
         assert (fo is None) == (dv is None), f"one side has the row, the other not: {fo} / {dv}"
         wanted = self.edits.latest_values("exists")  # the creates, deletes and edits no later one had seen
-        assert self.known_gap or not wanted or (fo is not None) in wanted, (
+        assert not wanted or (fo is not None) in wanted, (
             f"the row {'exists' if fo else 'is gone'}; people wanted {wanted}"
         )
         if fo is not None and dv is not None:
@@ -462,6 +475,13 @@ class Protocol(RuleBasedStateMachine):
         self.drain()  # quiet: nothing more to do
         assert self.writes == writes, "a second drain wrote again"
         _restore(self, snapshot)
+
+
+def _with_create_id(p: Plan, source: str) -> Plan:
+    """The plan with the id its create gives the new row, where the side takes the client's ids (Dataverse)."""
+    if (p.target == "create" and other(source) == DATAVERSE) or (p.back == "create" and source == DATAVERSE):
+        return replace(p, create_id=f"{DATAVERSE}-{next(_ids)}")
+    return p
 
 
 def _read_id(row: Row) -> str | None:
@@ -491,8 +511,6 @@ _MODEL = (
     "deleted_ids",
     "deleted_once",
     "bulk_creates",
-    "cut_create",
-    "known_gap",
 )
 
 

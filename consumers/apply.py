@@ -10,6 +10,7 @@ per side, so requests per change stay low.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,8 @@ from typing import Any, Protocol
 import schemas
 from consumers.target import Ident, Outcome, Target, Write, ident
 from dualwrite import merge
-from dualwrite.envelope import ChangeEvent, Op
+from dualwrite.checkpoints import index_mark
+from dualwrite.envelope import ChangeEvent, Op, record_key
 from dualwrite.errors import DualWriteError, MissingReferenceError, RetryableError
 from dualwrite.mapping import TargetWrite, map_event, natural_key
 from dualwrite.merge import Ack, Observed, Plan, Policy, RecordState
@@ -114,6 +116,9 @@ class Applier:
     targets: dict[str, Target]
     store: StateStoreLike
     schemas_dir: Path | None = None
+    # Names the record of each Dataverse row about to be created with an id chosen here, durably, before the
+    # create (`dualwrite.checkpoints.put_index`): its delete event may come before the producer saw the row.
+    index: Callable[[dict[str, str]], None] | None = None
     _fo_types: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def fo_types(self, m: TableMap) -> dict[str, str]:
@@ -131,6 +136,11 @@ class Applier:
         w.plan = merge.plan(
             w.state, w.obs, w.target, carried(m, b), carried(m, a), policy, w.change.repair, w.source_read
         )
+        made_on = b if w.plan.target == "create" else a if w.plan.back == "create" else None
+        if made_on is not None and getattr(self.targets[made_on], "client_ids", False):
+            # The new row's id, chosen here and recorded with the plan: if a crash cuts the create short and a
+            # person deletes the row before the restart, its delete event names a row dualwrite knows it made.
+            w.plan = replace(w.plan, create_id=str(uuid.uuid4()))
 
     # -- one round: at most one change per record -------------------------------------------------------
     def apply(self, changes: list[Change]) -> None:
@@ -303,6 +313,14 @@ class Applier:
     # -- writes -------------------------------------------------------------------------------------------
     def _record(self, works: list[_Work]) -> None:
         """The plans about to be carried out, recorded first: a crash between write and settle is resolved."""
+        marks = {}
+        for w in works:
+            made_on = w.change.towards if w.plan.target == "create" else w.change.source
+            if w.plan.create_id and made_on == "dataverse":
+                company, key = w.key("dataverse")
+                marks[index_mark(w.m.dataverse.entity_set, w.plan.create_id)] = record_key(company, list(key.values()))
+        if marks and self.index is not None:
+            self.index(marks)
         self.store.put(
             (w.change.partition, w.change.state_key, merge.begin(w.state, w.obs, w.target, w.plan)) for w in works
         )
@@ -376,7 +394,7 @@ class Applier:
         if mapped is None:
             raise MissingReferenceError(f"{w.change.state_key}: the source row no longer passes the map's filter")
         if p.target == "create":
-            return Write(m, "create", mapped, p.if_match)
+            return Write(m, "create", mapped, p.if_match, p.create_id)
         return Write(m, "update", _only(m, mapped, p.fields, b), p.if_match, row_id)
 
     def _write_back(self, works: list[_Work]) -> None:
@@ -384,6 +402,8 @@ class Applier:
         todo = [w for w in works if not w.done and w.plan.back != "none" and (w.plan.target == "none" or w.t_ack)]
         if not todo:
             return
+        self._delete_back([w for w in todo if w.plan.back == "delete"])
+        todo = [w for w in todo if w.plan.back != "delete"]
         missing = [w for w in todo if w.plan.back == "update" and w.plan.back_if_match is None]
         if missing:  # the source's change came without an ETag (F&O data events): read the row's
             rows = self._read(missing, lambda w: w.change.source)
@@ -395,6 +415,14 @@ class Applier:
                 else:
                     w.plan = replace(w.plan, back_if_match=now.etag)
         todo = [w for w in todo if not w.done and not w.plan.back_refused and w.target_ev is not None]
+        unrecorded = [w for w in todo if w.plan.back == "create" and w.plan.target == "none"]
+        if unrecorded:  # (a plan with a target write was recorded before it)
+            try:
+                self._record(unrecorded)
+            except RetryableError as exc:
+                for w in unrecorded:
+                    self._fail(w, exc)
+                todo = [w for w in todo if not w.done]
         writes: list[tuple[_Work, Write]] = []
         for w in todo:
             assert w.target_ev is not None
@@ -406,12 +434,45 @@ class Applier:
             change = mapped if w.plan.back == "create" else _only(w.m, mapped, w.plan.back_fields, a)
             row_id = w.state.side(a).row_id or w.obs.row_id
             if w.plan.back == "create":
-                writes.append((w, Write(w.m, "create", change)))
+                writes.append((w, Write(w.m, "create", change, row_id=w.plan.create_id)))
             else:
                 writes.append((w, Write(w.m, "update", change, w.plan.back_if_match, row_id)))
         by_side: dict[str, list[tuple[_Work, Write]]] = defaultdict(list)
         for w, wr in writes:
             by_side[w.change.source].append((w, wr))
+        for side, group in by_side.items():
+            results = self.targets[side].write([wr for _, wr in group])
+            for (w, _), result in zip(group, results, strict=True):
+                if result.outcome is Outcome.DONE:
+                    w.b_ack, w.wrote = result.ack or Ack(), True
+                elif result.outcome is Outcome.CONFLICT:
+                    w.plan = replace(w.plan, back_refused=True)
+                else:
+                    self._fail(w, result.error or RetryableError("write back failed"))
+
+    def _delete_back(self, works: list[_Work]) -> None:
+        """The row dualwrite made again on the source side after a person deleted the one it had made (a
+        create a crash cut short, `merge.plan`): deleted too, with its ETag, or, when the state has none (a
+        row made by CreateMultiple), when a read shows it as dualwrite made it."""
+        missing = [w for w in works if not w.done and w.plan.back_if_match is None]
+        rows = self._read(missing, lambda w: w.change.source)
+        for i, w in enumerate(missing):
+            if w.done:
+                continue
+            row = rows.get(i)
+            now = self._observed(w.m, w.change.source, row)
+            if not now.exists:
+                w.b_ack = Ack()  # gone already
+            elif merge.unchanged_since_written(w.state, now) and now.etag:
+                w.plan = replace(w.plan, back_if_match=now.etag)
+            else:
+                w.plan = replace(w.plan, back_refused=True)  # changed since: that change is later than the delete
+        todo = [w for w in works if not w.done and not w.plan.back_refused and w.b_ack is None]
+        by_side: dict[str, list[tuple[_Work, Write]]] = defaultdict(list)
+        for w in todo:
+            a = w.change.source
+            change = TargetWrite(w.m.name, w.ev.origin.side, "delete", w.ev.company, dict(w.key(a)[1]))
+            by_side[a].append((w, Write(w.m, "delete", change, w.plan.back_if_match, w.state.side(a).row_id)))
         for side, group in by_side.items():
             results = self.targets[side].write([wr for _, wr in group])
             for (w, _), result in zip(group, results, strict=True):

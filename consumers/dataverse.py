@@ -1,7 +1,8 @@
 """Dataverse as a target: rows read in batched queries, writes in one `$batch` with ETags, creates in bulk.
 
-An update is a PATCH of the row (by its GUID when known) with `If-Match`; a create is an upsert on the
-alternate key with `If-None-Match: *`, so it never overwrites a row made meanwhile. Every write asks
+An update is a PATCH of the row (by its GUID when known) with `If-Match`; a create is a PATCH of the id
+dualwrite chose for the row (or an upsert on the alternate key) with `If-None-Match: *`, so it never
+overwrites a row made meanwhile (a row with the same alternate key answers 412 as well). Every write asks
 for `return=representation` of the primary key only, which gives the new ETag (version) at no cost.
 
 Creates may go as one `CreateMultiple` per table instead (when that takes no more requests than the
@@ -42,6 +43,9 @@ class DataverseTarget(ODataTarget):
     schemas_dir: Path | None = field(default=None, kw_only=True)
     bulk: bool = field(default=True, kw_only=True)  # creates by CreateMultiple when it takes fewer requests
     side: str = field(default="dataverse", init=False)
+    # Creates carry the id dualwrite chose (`Write.row_id`, from the recorded plan): Dataverse takes a
+    # client's primary key on create, so the row a crash cut short is known by its delete event.
+    client_ids: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
         self.system = "Dataverse"
@@ -134,15 +138,20 @@ class DataverseTarget(ODataTarget):
         select = f"?$select={dv.primary_key}"
         if w.action == "delete":
             return odata.BatchPart("DELETE", self._url(w), headers={"If-Match": w.if_match or "*"})
-        body = self._body(w)
         if w.action == "update":
+            body = self._body(w)
             return odata.BatchPart("PATCH", self._url(w) + select, body, {"If-Match": w.if_match or "*", **prefer})
-        return odata.BatchPart("PATCH", self._key_url(w) + select, body, {"If-None-Match": "*", **prefer})
+        if w.row_id:  # the id chosen for it: a create at that id, with its key and company in the body
+            url = f"{dv.entity_set}({w.row_id})"
+            return odata.BatchPart("PATCH", url + select, self.record(w), {"If-None-Match": "*", **prefer})
+        return odata.BatchPart("PATCH", self._key_url(w) + select, self._body(w), {"If-None-Match": "*", **prefer})
 
     def record(self, w: Write) -> dict[str, Any]:
         """A create as a record of CreateMultiple: its values, binds, key and company (the key URL's part)."""
         dv = w.map.dataverse
         body = {**self._body(w), **w.change.key}
+        if w.row_id:
+            body[dv.primary_key] = w.row_id
         if dv.company_lookup is not None:
             body[f"{dv.company_lookup}@odata.bind"] = f"/cdm_companies({self._company_guid(w.change.company)})"
         return body

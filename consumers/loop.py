@@ -26,7 +26,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from consumers.apply import Applier, Change, state_key
 from consumers.target import Target
-from dualwrite import dlq, kafka, metrics
+from dualwrite import checkpoints, dlq, kafka, metrics
 from dualwrite.budget import RequestBudget
 from dualwrite.config import Config, RetryConfig
 from dualwrite.control import ControlFollower
@@ -241,7 +241,7 @@ class ConsumerLoop:
                 if m.writes_to(Side(source).other.value):
                     self.routes[kafka.map_topics(self.prefix, m)[source]] = (m, source)
         self.store = store
-        self.applier = Applier(maps, targets, store, cfg.schemas_dir)
+        self.applier = Applier(maps, targets, store, cfg.schemas_dir, index=self._put_index)
         self.targets = targets
         self.consumer = kafka.consumer(
             cfg.kafka,
@@ -308,6 +308,9 @@ class ConsumerLoop:
             self.store.close()
             for t in self.targets.values():
                 t.close()
+
+    def _put_index(self, marks: dict[str, str]) -> None:
+        checkpoints.put_index(self.producer, self.cfg.kafka, marks)
 
     def _fill(self, msgs: list[Message]) -> list[Message]:
         """Near the request budget's share, wait for it by filling the batch: the writes towards Dataverse

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -255,9 +255,15 @@ class EndOfTopic:
 
 
 def read_to_end(
-    cfg: KafkaConfig, topic: str, idle_s: float = 1.0, missing_ok: bool = True, stall_s: float = 30.0
+    cfg: KafkaConfig,
+    topic: str,
+    idle_s: float = 1.0,
+    missing_ok: bool = True,
+    stall_s: float = 30.0,
+    start: Mapping[int, int] | None = None,
 ) -> Iterator[Message]:
-    """Every record of `topic` from the start, without a consumer group; see `EndOfTopic` for when it ends.
+    """Every record of `topic` from the start (or from `start`'s offset per partition), without a consumer
+    group; see `EndOfTopic` for when it ends.
 
     A topic that is being written all the time still ends: at the end offsets seen at the start.
     """
@@ -270,11 +276,13 @@ def read_to_end(
             if missing_ok:
                 return
             raise DualWriteError(f"topic {topic} does not exist")
-        parts = [TopicPartition(topic, p, 0) for p in meta.partitions]
+        parts = [TopicPartition(topic, p, (start or {}).get(p, 0)) for p in meta.partitions]
         ends = {}
         for p in parts:
             low, high = c.get_watermark_offsets(p, timeout=10)
-            ends[p.partition] = 0 if high <= low else high  # a partition emptied by retention has nothing to read
+            p.offset = max(p.offset, low)
+            # (a partition emptied by retention, or read to its end before, has nothing to read)
+            ends[p.partition] = 0 if high <= p.offset else high
         if all(e == 0 for e in ends.values()):
             return
         c.assign(parts)

@@ -25,7 +25,7 @@ from typing import Any
 
 import schemas
 from dualwrite import dlq, kafka, metrics, odata
-from dualwrite.checkpoints import CheckpointStore
+from dualwrite.checkpoints import CheckpointStore, index_mark, indexed_key
 from dualwrite.config import Config
 from dualwrite.dataverse import DataverseClient, LookupCache
 from dualwrite.envelope import ChangeEvent, Op, Origin, Side, record_key
@@ -226,11 +226,15 @@ class DataverseProducer:
 
     def _deletes_of_the_gap(self, m: TableMap, returned: set[str], out: PageEvents) -> None:
         """Add to the last page of a full read the deletes of the indexed rows it did not return."""
-        prefix = f"dataverse|index|{m.dataverse.entity_set}|"
+        prefix = index_mark(m.dataverse.entity_set, "")
+        # (a row only the consumer's mark names may never have been made: no delete is made up for it)
         gone = [
             key[len(prefix) :]
-            for key in list(self.checkpoints.values)
-            if key.startswith(prefix) and key[len(prefix) :].lower() not in returned and key not in out.index
+            for key, value in list(self.checkpoints.values.items())
+            if key.startswith(prefix)
+            and key[len(prefix) :].lower() not in returned
+            and key not in out.index
+            and indexed_key(value)[1]
         ]
         if not gone:
             return
@@ -253,7 +257,7 @@ class DataverseProducer:
                 continue
             key = record_key(company, [after[k] for k in dv.key])
             guid = str(row[dv.primary_key])
-            index[f"dataverse|index|{dv.entity_set}|{guid}"] = key
+            index[index_mark(dv.entity_set, guid)] = key
             if m.company_specific and company not in self.cfg.companies:
                 metrics.PRODUCED.labels("dataverse", dv.entity_set, "filtered").inc()
                 continue
@@ -279,12 +283,15 @@ class DataverseProducer:
                     source_id=guid,
                 )
             )
+        if any(self.checkpoints.get(index_mark(dv.entity_set, guid)) is None for guid in deleted):
+            self.checkpoints.load(idle_s=0.2)  # the consumer may have named a row it made since (`put_index`)
         for guid in deleted:
-            mark = f"dataverse|index|{dv.entity_set}|{guid}"
-            known = self.checkpoints.get(mark)
-            if known is None:
-                continue  # a row we never published (other company, or deleted before we saw it)
+            mark = index_mark(dv.entity_set, guid)
+            value = self.checkpoints.get(mark)
+            if value is None:
+                continue  # a row of no record of ours (another company's), or deleted before anyone saw it
             index[mark] = None
+            known = indexed_key(value)[0]
             company = known.split("|", 1)[0]
             events.append(
                 ChangeEvent(

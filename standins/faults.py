@@ -11,7 +11,8 @@ application user: people and oracles keep a healthy service), and only on the da
 - `slow_rate`: the answer after `slow_s`;
 - `drop_rate`: the request runs, then the connection closes without an answer.
 
-Decisions come from a seeded random generator; `/_standin/faults` tells what was injected.
+Decisions come from a seeded random generator; `GET /_standin/faults` tells what was injected, and
+`POST /_standin/faults` with some of the rates changes them from then on (a test's fault window).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class FaultSettings(pydantic.BaseModel):
 
     callers: list[str] = pydantic.Field(min_length=1, description="client ids whose requests get faults")
     api_prefix: str = "/"  # e.g. /api/data (Dataverse) or /data (F&O)
+    methods: list[str] | None = None  # only requests of these methods (e.g. the writes: POST, PATCH); None: all
     error_rate: float = pydantic.Field(default=0.0, ge=0, le=1)
     throttle_rate: float = pydantic.Field(default=0.0, ge=0, le=1)
     throttle_burst_s: float = pydantic.Field(default=2.0, ge=0)
@@ -76,10 +78,14 @@ class FaultInjector:
             return
         path = scope.get("path", "")
         if path == "/_standin/faults":
+            if scope.get("method") == "POST":
+                await self._configure(receive, send)
+                return
             await _answer(send, 200, dict(self.injected))
             return
         exempt = path.startswith("/_standin") or not path.startswith(self.s.api_prefix)
-        if exempt or self._caller(scope) not in self.s.callers:
+        other_method = self.s.methods is not None and scope.get("method") not in self.s.methods
+        if exempt or other_method or self._caller(scope) not in self.s.callers:
             await self.app(scope, receive, send)
             return
         now = time.monotonic()
@@ -110,6 +116,25 @@ class FaultInjector:
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"64")]})
             raise _Dropped("connection dropped (injected)")
         await self.app(scope, receive, send)
+
+    async def _configure(self, receive: Receive, send: Send) -> None:
+        """`POST /_standin/faults` with some of the rates (`error_rate`, `drop_rate`, ...): from now on."""
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        try:
+            changes = json.loads(body or b"{}")
+            if not isinstance(changes, dict) or {"callers", "signing_key", "seed"} & set(changes):
+                raise ValueError("a JSON object of rates (callers, signing_key and seed are fixed at start)")
+            self.s = FaultSettings(**{**self.s.model_dump(), **changes})
+        except (ValueError, pydantic.ValidationError) as exc:
+            await _answer(send, 400, _error_body(f"bad fault settings: {exc}"))
+            return
+        self.throttled_until = 0.0
+        await _answer(send, 200, self.s.model_dump(exclude={"signing_key"}))
 
 
 async def _discard(message: Message) -> None:

@@ -8,6 +8,12 @@ requests per second, holding at most a few seconds' worth. A component asks `wai
 spends: the consumer keeps filling its batch for that long (one request then carries more
 changes), the producer polls less often. Nothing is refused here; a component that spends more than
 its share only waits longer next time, and a 429 from the service is still honoured on its own.
+
+When the service allows less than the configured share (another application shares the user, or the
+limit was lowered), a 429 also halves the rate (once per `Retry-After`, down to `MIN_FRACTION` of it);
+after the hold the rate grows back by `RAMP_PER_S` of the configured rate per second: additive
+increase, multiplicative decrease, so a component settles just under what the service allows instead
+of meeting a 429 at every window.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import time
 from collections.abc import Callable
 
 BURST_S = 5.0  # the bucket holds this many seconds of the rate: short bursts go out at once
+MIN_FRACTION = 0.05  # a 429 never takes the rate below this part of the configured one
+RAMP_PER_S = 0.01  # after a 429's hold, the rate grows back by this part of the configured rate per second
 
 
 class RequestBudget:
@@ -30,17 +38,27 @@ class RequestBudget:
     ) -> None:
         if requests < 1 or window_s <= 0 or not 0 < share <= 1 or not 0 < headroom <= 1:
             raise ValueError("requests >= 1, window_s > 0, 0 < share <= 1 and 0 < headroom <= 1")
-        self.rate = requests * headroom * share / window_s  # requests per second
+        self.max_rate = requests * headroom * share / window_s  # requests per second, as configured
+        self.rate = self.max_rate  # lower after a 429 (see the module's docstring)
         # A burst comes out of the headroom: over any window, burst + rate * window stays within the share.
-        self.capacity = max(1.0, min(self.rate * BURST_S, (1 - headroom) * share * requests))
+        self.max_capacity = max(1.0, min(self.max_rate * BURST_S, (1 - headroom) * share * requests))
         self._clock = clock
-        self._tokens = self.capacity
+        self._tokens = self.max_capacity
         self._at = clock()
+        self._held_until = self._at  # the end of the last 429's Retry-After
         self._lock = threading.Lock()
         self.spent = 0
+        self.cuts = 0  # how often a 429 lowered the rate
+
+    @property
+    def capacity(self) -> float:
+        return max(1.0, min(self.max_capacity, self.rate * BURST_S))
 
     def _refill(self) -> None:
         now = self._clock()
+        if self.rate < self.max_rate and now > self._held_until:
+            grow_from = max(self._at, self._held_until)
+            self.rate = min(self.max_rate, self.rate + (now - grow_from) * RAMP_PER_S * self.max_rate)
         self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate)
         self._at = now
 
@@ -56,6 +74,11 @@ class RequestBudget:
         consumer's other partitions and the producer's next poll would only be refused too)."""
         with self._lock:
             self._refill()
+            now = self._clock()
+            if now >= self._held_until:  # (the other 429s of one burst say the same: one cut for them all)
+                self.rate = max(self.max_rate * MIN_FRACTION, self.rate / 2)
+                self.cuts += 1
+            self._held_until = max(self._held_until, now + seconds)
             self._tokens = min(self._tokens, 1 - seconds * self.rate)
 
     def wait_s(self, n: int = 1) -> float:

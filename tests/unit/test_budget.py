@@ -75,7 +75,45 @@ def test_a_429_holds_the_whole_share_until_its_retry_after() -> None:
     assert b.wait_s() == pytest.approx(1.0)
     clock.now += 1.0
     assert b.wait_s() == 0
-    b.spend(72)  # a bucket emptier than the hold asks for keeps its longer wait (28 requests short)
+    b.spend(72)  # a bucket emptier than the hold asks for keeps its longer wait (a short hold never shortens it)
     before = b.wait_s()
     b.hold(0.5)
-    assert b.wait_s() == pytest.approx(before)
+    assert b.wait_s() >= before
+
+
+def test_a_429_halves_the_rate_once_per_retry_after_and_the_rate_grows_back_after_it() -> None:
+    # The service allows less than the configured share: each 429 halves the rate (not each 429 of one burst),
+    # down to a floor; after the hold it grows back linearly, so the rate settles under the real limit.
+    clock = Clock()
+    b = RequestBudget(6000, 300, share=0.5, headroom=0.9, clock=clock)  # 9 requests/s
+    b.hold(2.0)
+    assert b.rate == pytest.approx(4.5) and b.cuts == 1
+    for _ in range(5):  # the other in-flight requests of the burst meet 429s too
+        clock.now += 0.1
+        b.hold(2.0)
+    assert b.rate == pytest.approx(4.5) and b.cuts == 1
+    assert b.capacity == pytest.approx(4.5 * 5)  # and bursts shrink with the rate
+    clock.now += 2.0  # past the hold: it grows back by 1% of 9 requests/s per second
+    before = b.rate
+    clock.now += 10.0
+    assert b.wait_s() >= 0 and b.rate == pytest.approx(before + 10 * 0.09)
+    clock.now += 1000.0
+    b.wait_s()
+    assert b.rate == pytest.approx(9.0)  # never above the configured share
+    for _ in range(20):  # a service that keeps answering 429
+        clock.now += 3.0
+        b.hold(1.0)
+    assert b.rate == pytest.approx(9.0 * 0.05) and b.cuts == 21
+    # Under a real limit below the share, the rate found stays within a factor of two of it.
+    limit, clock.now = 3.0, 10_000.0  # the service allows 3 requests/s (30 per 10 s) to this component
+    sent: list[float] = []
+    rates = []
+    for _ in range(3000):
+        clock.now += b.wait_s() + 0.01
+        b.spend()
+        sent = [t for t in sent if t > clock.now - 10] + [clock.now]
+        if len(sent) > limit * 10:
+            b.hold(1.0)
+        rates.append(b.rate)
+    tail = rates[-1000:]
+    assert limit / 2 <= sum(tail) / len(tail) <= limit * 1.5, sum(tail) / len(tail)

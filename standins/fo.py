@@ -7,6 +7,7 @@ import json
 import logging
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -73,6 +74,9 @@ class Settings(pydantic.BaseModel):
     page_size: int = 10000
     event_endpoints: list[str] = []
     event_timeout_s: float = 5.0
+    # Events in flight per endpoint (F&O's business-events batch runs several tasks); one record's events
+    # always go one after the other, in order. 1: one event at a time.
+    event_concurrency: int = pydantic.Field(default=1, ge=1, le=64)
     signing_key: str = DEFAULT_SIGNING_KEY
     organization_id: str = "5c1a7d7e-6a53-4a7c-8d6f-3f0e0c6b1a01"
     organization_name: str = "contoso-fo"
@@ -181,8 +185,10 @@ class Outbox:
         self.store = store
         store.execute(
             "CREATE TABLE IF NOT EXISTS fo_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, created_at REAL,"
-            " message TEXT, entity TEXT, payload TEXT)"
+            " message TEXT, entity TEXT, payload TEXT, record TEXT)"
         )
+        if "record" not in {r["name"] for r in store.execute("PRAGMA table_info(fo_outbox)")}:
+            store.execute("ALTER TABLE fo_outbox ADD COLUMN record TEXT")  # (a store from before)
         store.execute(
             "CREATE TABLE IF NOT EXISTS fo_delivery (endpoint TEXT PRIMARY KEY, delivered_seq INTEGER,"
             " attempts INTEGER DEFAULT 0, last_error TEXT)"
@@ -192,11 +198,21 @@ class Outbox:
             store.execute("INSERT OR IGNORE INTO fo_delivery (endpoint, delivered_seq) VALUES (?, ?)", [url, head])
         self.endpoints = list(endpoints)
 
-    def append(self, payload: dict[str, Any]) -> None:
+    def append(self, payload: dict[str, Any], record: str = "") -> None:
+        """`record` names the row the event is of: its events are delivered in order."""
         self.store.execute(
-            "INSERT INTO fo_outbox (created_at, message, entity, payload) VALUES (?, ?, ?, ?)",
-            [time.time(), payload["MessageName"], payload["PrimaryEntityName"], event_json(payload)],
+            "INSERT INTO fo_outbox (created_at, message, entity, payload, record) VALUES (?, ?, ?, ?, ?)",
+            [time.time(), payload["MessageName"], payload["PrimaryEntityName"], event_json(payload), record],
         )
+
+    def window(self, endpoint: str, limit: int) -> list[tuple[int, str, str]]:
+        """The next undelivered events of an endpoint: (seq, record, payload), in order."""
+        rows = self.store.execute(
+            "SELECT seq, record, payload FROM fo_outbox WHERE seq > (SELECT delivered_seq FROM fo_delivery WHERE"
+            " endpoint = ?) ORDER BY seq LIMIT ?",
+            [endpoint, limit],
+        )
+        return [(r[0], r[1] or "", r[2]) for r in rows]
 
     def head(self, endpoint: str) -> tuple[int, str] | None:
         rows = self.store.execute(
@@ -244,9 +260,10 @@ class EventDelivery:
     FIRST_BACKOFF_S = 0.05
     MAX_BACKOFF_S = 5.0
 
-    def __init__(self, outbox: Outbox, timeout_s: float) -> None:
+    def __init__(self, outbox: Outbox, timeout_s: float, concurrency: int = 1) -> None:
         self.outbox = outbox
         self.timeout_s = timeout_s
+        self.concurrency = concurrency
         self.loop: asyncio.AbstractEventLoop | None = None
         self.wakeups: dict[str, asyncio.Event] = {}
         self.tasks: list[asyncio.Task[None]] = []
@@ -281,6 +298,9 @@ class EventDelivery:
                 self.loop.call_soon_threadsafe(event.set)
 
     async def _run(self, url: str) -> None:
+        if self.concurrency > 1:
+            await self._run_lanes(url)
+            return
         assert self.client is not None
         wakeup = self.wakeups[url]
         backoff = self.FIRST_BACKOFF_S
@@ -306,6 +326,41 @@ class EventDelivery:
             self.outbox.failed(url, error)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.MAX_BACKOFF_S)
+
+    async def _run_lanes(self, url: str) -> None:
+        """`concurrency` lanes, a record's events always in the same lane and in order; a window of events is
+        delivered whole before the cursor moves past it (a restart may deliver some again, never skip one)."""
+        wakeup = self.wakeups[url]
+        while True:
+            window = self.outbox.window(url, self.concurrency * 16)
+            if not window:
+                wakeup.clear()
+                if not (window := self.outbox.window(url, self.concurrency * 16)):
+                    await wakeup.wait()
+                    continue
+            lanes: dict[int, list[tuple[int, str]]] = {}
+            for seq, record, payload in window:
+                lanes.setdefault(zlib.crc32(record.encode()) % self.concurrency, []).append((seq, payload))
+            await asyncio.gather(*(self._lane(url, events) for events in lanes.values()))
+            self.outbox.delivered(url, window[-1][0])
+
+    async def _lane(self, url: str, events: list[tuple[int, str]]) -> None:
+        assert self.client is not None
+        for _, payload in events:
+            backoff = self.FIRST_BACKOFF_S
+            while True:
+                try:
+                    resp = await self.client.post(
+                        url, content=payload.encode(), headers={"Content-Type": "application/json"}
+                    )
+                    error = None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"
+                except httpx.HTTPError as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                if error is None:
+                    break
+                self.outbox.failed(url, error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.MAX_BACKOFF_S)
 
 
 # -- the OData service --------------------------------------------------------------------------------
@@ -543,6 +598,10 @@ class FinOps:
     def emit(self, message: str, entity: Entity, row: Row, before: Row | None, req: ODataRequest) -> None:
         if entity.event_name is None:
             return
+        # (by key, not row id: a row deleted and made anew keeps its events in order)
+        of = row.values if row is not None else before.values if before is not None else {}
+        names = [entity.company_field, *entity.key] if entity.company_field else list(entity.key)
+        record = "|".join([entity.name, *(str(of.get(n, "")).lower() for n in names)])
         self.outbox.append(
             build_event(
                 message,
@@ -552,7 +611,8 @@ class FinOps:
                 req.caller.object_id,
                 self.settings.organization_id,
                 self.settings.organization_name,
-            )
+            ),
+            record,
         )
         for callback in self.on_event:
             callback()
@@ -783,7 +843,7 @@ def create_app(settings: Settings) -> Starlette:
     outbox = Outbox(store, settings.event_endpoints)
     stats = Stats()
     service = FinOps(settings, store, outbox, stats)
-    delivery = EventDelivery(outbox, settings.event_timeout_s)
+    delivery = EventDelivery(outbox, settings.event_timeout_s, settings.event_concurrency)
     service.on_event.append(delivery.wake)
 
     async def api(request: Request) -> Response:

@@ -121,7 +121,8 @@ class Chaos:
         self.stack = LocalStack.start(
             self.state_dir,
             processes=True,
-            fo_settings={"faults": _faults(False, self.seed, 1.0)},
+            # F&O's business events go out from several tasks: events of different records in any order
+            fo_settings={"faults": _faults(False, self.seed, 1.0), "event_concurrency": 8},
             dataverse_settings={"faults": _faults(True, self.seed + 1, 1.0)},
             # The injected fault rates are far above a real service's: a streak of them is retried longer.
             consumer={"retry": {"max_attempts": 20}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -32,22 +33,31 @@ def token(client_id: str = "dualwrite") -> str:
 class Receiver:
     """A webhook endpoint that records data events and can refuse the first few."""
 
-    def __init__(self, fail_first: int = 0, port: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, port: int = 0, delay_s: float = 0.0) -> None:
         self.fail_first = fail_first
         self.bodies: list[str] = []
         self.received_at: list[float] = []
         self.attempts = 0
+        self.in_flight = self.most_in_flight = 0  # POSTs being answered at once
         self.lock = threading.Lock()
 
         async def receive(request: Request) -> Response:
             body = (await request.body()).decode()
             with self.lock:
-                self.attempts += 1
-                if self.attempts <= self.fail_first:
-                    return Response("busy", status_code=503)
-                self.bodies.append(body)
-                self.received_at.append(time.monotonic())
-            return Response(status_code=200)
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            try:
+                await asyncio.sleep(delay_s)
+                with self.lock:
+                    self.attempts += 1
+                    if self.attempts <= self.fail_first:
+                        return Response("busy", status_code=503)
+                    self.bodies.append(body)
+                    self.received_at.append(time.monotonic())
+                return Response(status_code=200)
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
 
         self.server = BackgroundServer(Starlette(routes=[Route("/events", receive, methods=["POST"])]), port=port)
 
@@ -497,6 +507,27 @@ def test_delivery_retries_the_head_event_until_accepted_keeping_order(
     listing = fo.get("/_standin/events", params={"after": 2}).json()
     assert [e["seq"] for e in listing["events"]] == [3, 4, 5]
     assert all(e["delivered"] == {flaky.url: True} for e in listing["events"])
+
+
+def test_concurrent_delivery_keeps_each_records_events_in_order(
+    start: Callable[..., httpx.Client], servers: list[BackgroundServer]
+) -> None:
+    flaky = Receiver(fail_first=5, delay_s=0.01)
+    servers.append(flaky.server.start())
+    fo = start(event_endpoints=[flaky.url], event_concurrency=4)
+    accounts = [f"US-0{n:02d}" for n in range(10, 16)]
+    for n in range(8):
+        for account in accounts:
+            url = f"/data/CustomersV3(dataAreaId='usmf',CustomerAccount='{account}')"
+            assert fo.patch(url, json={"CreditLimit": n}).status_code == 204
+    events = wait_for(lambda: flaky.events if len(flaky.events) >= 48 else None, timeout=20)
+    per_record: dict[str, list[Any]] = {}
+    for e in events:
+        a = attrs(e["InputParameters"][0]["value"])
+        per_record.setdefault(a["mserp_customeraccount"], []).append(a["mserp_creditlimit"])
+    assert per_record == {account: list(range(8)) for account in accounts}, per_record
+    assert len(events) == 48 and flaky.most_in_flight > 1, (len(events), flaky.most_in_flight)
+    wait_for(lambda: all(e["delivered"][flaky.url] for e in fo.get("/_standin/events").json()["events"]))
 
 
 def test_undelivered_events_survive_a_restart(tmp_path: Any, servers: list[BackgroundServer]) -> None:

@@ -312,7 +312,11 @@ class ConsumerConfig(_Section):
     )
     session_timeout_ms: int = Field(default=6000, ge=1000)
     fetch_wait_max_ms: int = Field(
-        default=20, ge=1, description="How long the broker may hold an empty fetch; bounds the idle latency."
+        default=100,
+        ge=1,
+        description="How long the broker may hold an empty fetch; bounds the idle latency. Kafka answers as soon "
+        "as data is there; tansu also stops filling a fetch of many partitions at this bound, so below ~100 ms "
+        "a backlog behind ~150 partitions arrives at a few records per second.",
     )
     retry: RetryConfig = RetryConfig()
     state_dir: Path = Field(

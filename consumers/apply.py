@@ -440,15 +440,7 @@ class Applier:
         by_side: dict[str, list[tuple[_Work, Write]]] = defaultdict(list)
         for w, wr in writes:
             by_side[w.change.source].append((w, wr))
-        for side, group in by_side.items():
-            results = self.targets[side].write([wr for _, wr in group])
-            for (w, _), result in zip(group, results, strict=True):
-                if result.outcome is Outcome.DONE:
-                    w.b_ack, w.wrote = result.ack or Ack(), True
-                elif result.outcome is Outcome.CONFLICT:
-                    w.plan = replace(w.plan, back_refused=True)
-                else:
-                    self._fail(w, result.error or RetryableError("write back failed"))
+        self._write_source(by_side)
 
     def _delete_back(self, works: list[_Work]) -> None:
         """The row dualwrite made again on the source side after a person deleted the one it had made (a
@@ -473,6 +465,10 @@ class Applier:
             a = w.change.source
             change = TargetWrite(w.m.name, w.ev.origin.side, "delete", w.ev.company, dict(w.key(a)[1]))
             by_side[a].append((w, Write(w.m, "delete", change, w.plan.back_if_match, w.state.side(a).row_id)))
+        self._write_source(by_side)
+
+    def _write_source(self, by_side: dict[str, list[tuple[_Work, Write]]]) -> None:
+        """Writes back to the source side; a refused one (412/404) is left for the source's next change."""
         for side, group in by_side.items():
             results = self.targets[side].write([wr for _, wr in group])
             for (w, _), result in zip(group, results, strict=True):

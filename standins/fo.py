@@ -312,13 +312,7 @@ class EventDelivery:
                     await wakeup.wait()
                     continue
             seq, payload = head
-            try:
-                resp = await self.client.post(
-                    url, content=payload.encode(), headers={"Content-Type": "application/json"}
-                )
-                error = None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
+            error = await self._post(url, payload)
             if error is None:
                 self.outbox.delivered(url, seq)
                 backoff = self.FIRST_BACKOFF_S
@@ -344,18 +338,20 @@ class EventDelivery:
             await asyncio.gather(*(self._lane(url, events) for events in lanes.values()))
             self.outbox.delivered(url, window[-1][0])
 
-    async def _lane(self, url: str, events: list[tuple[int, str]]) -> None:
+    async def _post(self, url: str, payload: str) -> str | None:
+        """POST one event; None when the endpoint accepted it, else why not."""
         assert self.client is not None
+        try:
+            resp = await self.client.post(url, content=payload.encode(), headers={"Content-Type": "application/json"})
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"
+
+    async def _lane(self, url: str, events: list[tuple[int, str]]) -> None:
         for _, payload in events:
             backoff = self.FIRST_BACKOFF_S
             while True:
-                try:
-                    resp = await self.client.post(
-                        url, content=payload.encode(), headers={"Content-Type": "application/json"}
-                    )
-                    error = None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"
-                except httpx.HTTPError as exc:
-                    error = f"{type(exc).__name__}: {exc}"
+                error = await self._post(url, payload)
                 if error is None:
                     break
                 self.outbox.failed(url, error)

@@ -27,7 +27,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from consumers.apply import Applier, Change, state_key
 from consumers.target import Target
 from dualwrite import checkpoints, dlq, kafka, metrics
-from dualwrite.budget import RequestBudget
+from dualwrite.budget import PooledBudget, RequestBudget
 from dualwrite.config import Config, RetryConfig
 from dualwrite.control import ControlFollower
 from dualwrite.envelope import REPAIR_HEADER, ChangeEvent, Side
@@ -228,7 +228,7 @@ class ConsumerLoop:
         targets: dict[str, Target],
         deserializer: EventDeserializer,
         store: Any,
-        budget: RequestBudget | None = None,
+        budget: RequestBudget | PooledBudget | None = None,
     ) -> None:
         self.cfg = cfg
         self.budget = budget  # the consumer's share of the Dataverse request limit

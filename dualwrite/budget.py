@@ -14,6 +14,10 @@ limit was lowered), a 429 also halves the rate (once per `Retry-After`, down to 
 after the hold the rate grows back by `RAMP_PER_S` of the configured rate per second: additive
 increase, multiplicative decrease, so a component settles just under what the service allows instead
 of meeting a 429 at every window.
+
+The service limits each application user on its own. A component given several (`dataverse.more_users`) keeps
+one budget per user and sends each request as the user whose budget lets it out soonest: n users, about n
+times the requests of one.
 """
 
 from __future__ import annotations
@@ -87,3 +91,24 @@ class RequestBudget:
             self._refill()
             short = n - self._tokens
             return 0.0 if short <= 0 else short / self.rate
+
+
+class PooledBudget:
+    """The budgets of several application users as one component sees them: it may send as soon as any user's
+    share lets it (each request then goes as that user, see `dualwrite.dataverse.UserPool`)."""
+
+    def __init__(self, members: list[RequestBudget]) -> None:
+        if not members:
+            raise ValueError("a pool needs at least one budget")
+        self.members = members
+
+    @property
+    def spent(self) -> int:
+        return sum(b.spent for b in self.members)
+
+    @property
+    def cuts(self) -> int:
+        return sum(b.cuts for b in self.members)
+
+    def wait_s(self, n: int = 1) -> float:
+        return min(b.wait_s(n) for b in self.members)

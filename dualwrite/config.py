@@ -178,6 +178,14 @@ class BudgetConfig(_Section):
 class DataverseConfig(_Section):
     url: AnyHttpUrl = Field(description="Organization URL, e.g. https://contoso.crm.dynamics.com")
     auth: OAuth
+    more_users: dict[str, OAuth] = Field(
+        default_factory=dict,
+        description="Further application users, by a name of your choosing (secrets from the environment: "
+        "DUALWRITE__DATAVERSE__MORE_USERS__<NAME>__CLIENT_SECRET). Dataverse limits each user on its own; every "
+        "component spreads its requests over `auth` and these, each user within its own budget, so n users "
+        "allow about n times the requests. Each must be an application user of the environment with the same "
+        "security role as `auth`'s.",
+    )
     budget: BudgetConfig = BudgetConfig()
     integration_user_id: str | None = Field(
         default=None, description="Defaults to WhoAmI of the configured client; its changes are not echoed."

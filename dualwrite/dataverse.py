@@ -12,7 +12,7 @@ import httpx
 
 from dualwrite import metrics, odata
 from dualwrite.auth import TokenProvider
-from dualwrite.budget import RequestBudget
+from dualwrite.budget import PooledBudget, RequestBudget
 from dualwrite.config import DataverseConfig
 from dualwrite.errors import RetryableError, TargetRejectedError
 
@@ -24,6 +24,7 @@ COMPANY_LOOKUP = "msdyn_company"
 # Records per bulk message: Microsoft advises 100 to 1,000 per request for standard tables.
 MAX_BULK = 1000
 BulkAction = Literal["CreateMultiple", "UpdateMultiple", "UpsertMultiple"]
+USER = "dualwrite_user"  # the request extension naming the application user a request went as
 
 
 def logical_name_of(primary_key: str) -> str:
@@ -46,11 +47,67 @@ class DeltaPage:
 
 
 def budget_of(cfg: DataverseConfig, component: str | None) -> RequestBudget | None:
-    """The component's share of the application user's request limit (None: the component has none)."""
+    """The component's share of one application user's request limit (None: the component has none)."""
     b = cfg.budget
     if component is None or component not in b.shares:
         return None
     return RequestBudget(b.requests, b.window_s, b.shares[component], b.headroom)
+
+
+class UserPool(httpx.Auth):
+    """The application users a client's requests go out as (`dataverse.auth`, then `more_users`): each request
+    as the user whose budget lets it out soonest, the next one in turn among equals. Dataverse limits every user
+    on its own, so each user's budget counts its own requests and takes its own 429s."""
+
+    def __init__(self, users: list[tuple[str, TokenProvider, RequestBudget | None]]) -> None:
+        self.users = users
+        self._next = 0
+        self._lock = threading.Lock()
+
+    @property
+    def budget(self) -> RequestBudget | PooledBudget | None:
+        budgets = [b for _, _, b in self.users if b is not None]
+        if not budgets:
+            return None
+        return budgets[0] if len(budgets) == 1 else PooledBudget(budgets)
+
+    def pick(self) -> int:
+        with self._lock:
+            n = len(self.users)
+            best, best_wait = self._next % n, float("inf")
+            for k in range(n):
+                i = (self._next + k) % n
+                budget = self.users[i][2]
+                wait = 0.0 if budget is None else budget.wait_s()
+                if wait < best_wait:
+                    best, best_wait = i, wait
+                if wait <= 0:
+                    break
+            self._next = best + 1
+            return best
+
+    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+        asked = request.extensions.get(USER)  # a request that must go as one user (WhoAmI of each)
+        i = next(i for i, u in enumerate(self.users) if u[0] == asked) if asked else self.pick()
+        name, provider, budget = self.users[i]
+        request.extensions[USER] = name
+        if budget is not None:
+            budget.spend()
+        request.headers["Authorization"] = f"Bearer {provider.token()}"
+        response = yield request
+        if response.status_code == 401:
+            provider.invalidate()
+            if budget is not None:
+                budget.spend()
+            request.headers["Authorization"] = f"Bearer {provider.token()}"
+            response = yield request
+        if response.status_code == 429 and budget is not None:
+            budget.hold(odata.retry_after(response.headers) or 1.0)
+
+
+def user_pool(cfg: DataverseConfig, url: str, component: str | None) -> UserPool:
+    users = [("auth", cfg.auth), *sorted(cfg.more_users.items())]
+    return UserPool([(name, TokenProvider(auth, url), budget_of(cfg, component)) for name, auth in users])
 
 
 class DataverseClient:
@@ -60,26 +117,20 @@ class DataverseClient:
         self.read_retries = read_retries  # reads that failed transiently are tried again (see odata.read)
         self.url = str(cfg.url).rstrip("/")
         self.base = f"{self.url}{API_PATH}"
-        self.auth = TokenProvider(cfg.auth, self.url)
+        self.users = user_pool(cfg, self.url, component)
         self.max_batch = cfg.max_batch
-        self.budget = budget_of(cfg, component)
+        self.budget = self.users.budget
         counter = metrics.DATAVERSE_REQUESTS.labels(component or "other")
 
         def count(_: httpx.Request) -> None:
             counter.inc()
-            if self.budget is not None:
-                self.budget.spend()
-
-        def throttled(resp: httpx.Response) -> None:
-            if resp.status_code == 429 and self.budget is not None:
-                self.budget.hold(odata.retry_after(resp.headers) or 1.0)
 
         self.http = httpx.Client(
-            auth=self.auth,
+            auth=self.users,
             timeout=cfg.timeout_s,
             headers={"Accept": "application/json", "OData-Version": "4.0", "OData-MaxVersion": "4.0"},
             limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
-            event_hooks={"request": [count], "response": [throttled]},
+            event_hooks={"request": [count]},
         )
 
     def close(self) -> None:
@@ -90,8 +141,12 @@ class DataverseClient:
         odata.check(resp, what)
         return odata.json_object(resp, what)
 
-    def whoami(self) -> str:
-        return str(self._get(f"{self.base}/WhoAmI", "Dataverse WhoAmI")["UserId"])
+    def whoami(self, user: str | None = None) -> str:
+        """The user id of the caller: of one application user of the pool when `user` names it."""
+        what, extensions = "Dataverse WhoAmI", {USER: user} if user else None
+        resp = odata.read(self.http, f"{self.base}/WhoAmI", what, self.read_retries, extensions=extensions)
+        odata.check(resp, what)
+        return str(odata.json_object(resp, what)["UserId"])
 
     def query(
         self,

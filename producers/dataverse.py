@@ -70,7 +70,8 @@ class DataverseProducer:
         self.publisher = Publisher(cfg, "dataverse", maps)
         self.dlq_producer = kafka.producer(cfg.kafka, linger_ms=0)
         self.checkpoints = CheckpointStore(cfg.kafka)
-        self.integration_user_id = (cfg.dataverse.integration_user_id or "").lower() or None
+        # The users dualwrite writes as (`integration_user_id`, else WhoAmI of `auth`; and each of `more_users`).
+        self.integration_users: set[str] | None = None
         self.fields = {
             m.name: schemas.record_fields("dataverse", m.dataverse.entity_set, cfg.schemas_dir) for m in maps.values()
         }
@@ -84,9 +85,11 @@ class DataverseProducer:
 
     def run(self) -> None:
         self.checkpoints.load()
-        while self.integration_user_id is None and not self._stop.is_set():
+        while self.integration_users is None and not self._stop.is_set():
             try:
-                self.integration_user_id = self.client.whoami().lower()
+                first = self.cfg.dataverse.integration_user_id or self.client.whoami("auth")
+                more = [self.client.whoami(name) for name in self.cfg.dataverse.more_users]
+                self.integration_users = {i.lower() for i in (first, *more)}
             except DualWriteError as exc:
                 log.warning("WhoAmI failed, retrying: %s", exc)
                 self._stop.wait(2)
@@ -264,7 +267,7 @@ class DataverseProducer:
             # A row dualwrite wrote last is published too: change tracking gives the latest state only,
             # so it may also hold a person's earlier edit. The consumer's sync state tells which is which.
             user = str(row.get("_modifiedby_value") or "").lower() or None
-            by_dualwrite = user is not None and user == self.integration_user_id
+            by_dualwrite = user is not None and user in (self.integration_users or ())
             try:
                 typed = self.publisher.coerce(dv.entity_set, after)
             except CoercionError as exc:

@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 DEFAULT_SIGNING_KEY = "dualwrite-standin-signing-key"
-DEFAULT_CLIENTS = {"dualwrite": "dualwrite-secret", "demo-user": "demo-secret"}
+DEFAULT_CLIENTS = {"dualwrite": "dualwrite-secret", "dualwrite-2": "dualwrite-2-secret", "demo-user": "demo-secret"}
 TOKEN_LIFETIME_S = 3599
 _OID_NAMESPACE = uuid.UUID("6f1d3c64-2a4e-4a8e-9d0b-5b2f0d8c7e11")
 

@@ -31,6 +31,18 @@ def test_good_config_with_environment_override(tmp_path: Path) -> None:
     assert "from-env" not in repr(cfg.dataverse)
 
 
+def test_more_application_users_take_their_secrets_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    token_url = "https://login.microsoftonline.com/t/oauth2/v2.0/token"
+    more = f'  more_users:\n    second: {{token_url: "{token_url}", client_id: b}}\n'
+    path.write_text(GOOD + more)
+    with pytest.raises(ConfigError, match="dataverse.more_users.second.client_secret"):
+        load_config(path, {})
+    cfg = load_config(path, {"DUALWRITE__DATAVERSE__MORE_USERS__SECOND__CLIENT_SECRET": "second-secret"})
+    assert cfg.dataverse.more_users["second"].client_secret == "second-secret"
+    assert "second-secret" not in repr(cfg.dataverse)
+
+
 @pytest.mark.parametrize(
     ("text", "field"),
     [

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,17 +231,17 @@ class EndOfTopic:
     first fetch on a busy machine, a broker pause): that ends the read only after `stall_s` without
     any record, for ends that are never reached (e.g. a transaction marker at the end). Ending after
     `idle_s` there read nothing at all when the first fetch was slow, and a reader then saw an empty
-    control or state topic.
+    control or state topic. A partition is any hashable key (a number, or a (topic, number) pair).
     """
 
-    def __init__(self, ends: dict[int, int], idle_s: float, stall_s: float, now: float) -> None:
+    def __init__(self, ends: Mapping[Hashable, int], idle_s: float, stall_s: float, now: float) -> None:
         self.ends = ends
         self.idle_s, self.stall_s = idle_s, max(stall_s, idle_s)
-        self.reached: set[int] = {p for p, e in ends.items() if e <= 0}
+        self.reached: set[Hashable] = {p for p, e in ends.items() if e <= 0}
         self.last = now
         self.all_reached_at: float | None = now if len(self.reached) == len(ends) else None
 
-    def record(self, partition: int, offset: int, now: float) -> None:
+    def record(self, partition: Hashable, offset: int, now: float) -> None:
         self.last = now
         if offset + 1 >= self.ends.get(partition, 0):
             self.reached.add(partition)
@@ -267,22 +267,39 @@ def read_to_end(
 
     A topic that is being written all the time still ends: at the end offsets seen at the start.
     """
+    first = {(topic, p): o for p, o in (start or {}).items()}
+    yield from read_topics_to_end(cfg, [topic], idle_s, missing_ok, stall_s, first)
+
+
+def read_topics_to_end(
+    cfg: KafkaConfig,
+    topics: Sequence[str],
+    idle_s: float = 1.0,
+    missing_ok: bool = True,
+    stall_s: float = 30.0,
+    start: Mapping[tuple[str, int], int] | None = None,
+) -> Iterator[Message]:
+    """Every record of each of `topics`, read by one consumer (one set-up and one idle wait for them all,
+    not one per topic), in offset order per partition; as `read_to_end` otherwise."""
     from dualwrite.errors import DualWriteError
 
     c = consumer(cfg, f"{cfg.topic_prefix}.reader.{uuid.uuid4().hex}")
     try:
-        meta = c.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            if missing_ok:
-                return
-            raise DualWriteError(f"topic {topic} does not exist")
-        parts = [TopicPartition(topic, p, (start or {}).get(p, 0)) for p in meta.partitions]
-        ends = {}
+        known = c.list_topics(timeout=10).topics if len(topics) > 1 else {}
+        parts: list[TopicPartition] = []
+        for topic in topics:
+            meta = known.get(topic) if known else c.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is None or meta.error is not None:
+                if missing_ok:
+                    continue
+                raise DualWriteError(f"topic {topic} does not exist")
+            parts += [TopicPartition(topic, p, (start or {}).get((topic, p), 0)) for p in meta.partitions]
+        ends: dict[Hashable, int] = {}
         for p in parts:
             low, high = c.get_watermark_offsets(p, timeout=10)
             p.offset = max(p.offset, low)
             # (a partition emptied by retention, or read to its end before, has nothing to read)
-            ends[p.partition] = 0 if high <= p.offset else high
+            ends[(p.topic, p.partition)] = 0 if high <= p.offset else high
         if all(e == 0 for e in ends.values()):
             return
         c.assign(parts)
@@ -291,7 +308,7 @@ def read_to_end(
             msg = c.poll(0.1)
             if msg is None or msg.error():
                 continue
-            end.record(msg.partition() or 0, msg.offset() or 0, time.monotonic())
+            end.record((msg.topic(), msg.partition() or 0), msg.offset() or 0, time.monotonic())
             yield msg
     finally:
         c.close()

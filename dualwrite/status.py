@@ -127,10 +127,9 @@ def committed_past(c: Consumer, offsets: dict[tuple[str, int], int]) -> bool:
 def last_offsets(cfg: KafkaConfig, topics: list[str]) -> dict[tuple[str, int], int]:
     """The offset of the last record now in each non-empty (topic, partition), found by reading."""
     last: dict[tuple[str, int], int] = {}
-    for t in topics:
-        for msg in kafka.read_to_end(cfg, t, idle_s=0.5):
-            key = (t, msg.partition() or 0)
-            last[key] = max(last.get(key, -1), msg.offset() or 0)
+    for msg in kafka.read_topics_to_end(cfg, topics, idle_s=0.5):
+        key = (msg.topic() or "", msg.partition() or 0)
+        last[key] = max(last.get(key, -1), msg.offset() or 0)
     return last
 
 

@@ -392,10 +392,9 @@ def keys_in_flight(cfg: Config, topics: list[str], limit: int, idle_s: float = 0
 def dead_lettered_keys(cfg: Config, topics: list[str]) -> set[str]:
     """Record keys in the DLQs of `topics`."""
     keys: set[str] = set()
-    for t in topics:
-        for msg in kafka.read_to_end(cfg.kafka, kafka.dlq_topic(t), idle_s=0.5):
-            if msg.key():
-                keys.add((msg.key() or b"").decode("utf-8", "replace").lower())
+    for msg in kafka.read_topics_to_end(cfg.kafka, [kafka.dlq_topic(t) for t in topics], idle_s=0.5):
+        if msg.key():
+            keys.add((msg.key() or b"").decode("utf-8", "replace").lower())
     return keys
 
 

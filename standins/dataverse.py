@@ -82,6 +82,12 @@ class Settings(pydantic.BaseModel):
     max_requests: int = 6000
     window_s: float = 300
     max_concurrent: int = 52
+    # Combined execution time per user and window: each request is charged its own handling time plus
+    # `operation_cost_ms` per operation it carries (1 for a plain request, one per `$batch` part and per
+    # record of a bulk message), so a bench can make execution time the limit that binds first.
+    max_execution_ms: float = 1_200_000
+    operation_cost_ms: float = 0.0
+    dop_hint: int = 4  # the `x-ms-dop-hint` every answer carries: the degree of parallelism Dataverse suggests
     latency_s: float = 0.0
     catalogue_dir: str | None = None  # the entity catalogue; None: the built-in schemas/entities
 
@@ -127,14 +133,20 @@ def attribute(f: Field) -> str:
 
 
 class ServiceProtection:
-    """Per-user sliding-window request count and concurrency limits, as Dataverse enforces them."""
+    """Per-user sliding-window limits as Dataverse enforces them: requests, combined execution time and
+    concurrent requests, each answered 429 with its documented error code and a `Retry-After`."""
 
-    def __init__(self, max_requests: int, window_s: float, max_concurrent: int) -> None:
+    def __init__(
+        self, max_requests: int, window_s: float, max_concurrent: int, max_execution_ms: float = 1_200_000
+    ) -> None:
         self.max_requests = max_requests
         self.window_s = window_s
         self.max_concurrent = max_concurrent
+        self.max_execution_ms = max_execution_ms
         self.history: dict[str, deque[float]] = defaultdict(deque)
         self.active: dict[str, int] = defaultdict(int)
+        self.executed: dict[str, deque[tuple[float, float]]] = defaultdict(deque)  # (finished at, ms charged)
+        self.executed_ms: dict[str, float] = defaultdict(float)  # the sum of those within the window
 
     def admit(self, user: str) -> ODataResponse | None:
         """None when the request may run (release() it afterwards), else the 429 to answer."""
@@ -151,6 +163,18 @@ class ServiceProtection:
                 f"over time window of {self.window_s:g} seconds.",
                 {"Retry-After": str(retry)},
             )
+        executed = self.executed[user]
+        while executed and executed[0][0] <= now - self.window_s:
+            self.executed_ms[user] -= executed.popleft()[1]
+        if self.executed_ms[user] >= self.max_execution_ms:
+            return error_body(
+                429,
+                "0x80072321",
+                f"Combined execution time of incoming requests exceeded limit of {self.max_execution_ms:,.0f} "
+                f"milliseconds over time window of {self.window_s:g} seconds. Decrease number of concurrent "
+                "requests or reduce the duration of requests and try again later.",
+                {"Retry-After": str(self._execution_retry_s(user, now))},
+            )
         if self.active[user] >= self.max_concurrent:
             return error_body(
                 429,
@@ -162,8 +186,21 @@ class ServiceProtection:
         self.active[user] += 1
         return None
 
-    def release(self, user: str) -> None:
+    def _execution_retry_s(self, user: str, now: float) -> int:
+        """Seconds until enough of the charged time has left the window to be under the limit again."""
+        total = self.executed_ms[user]
+        for at, ms in self.executed[user]:
+            total -= ms
+            if total < self.max_execution_ms:
+                return max(1, math.ceil(at + self.window_s - now))
+        return 1
+
+    def release(self, user: str, execution_ms: float = 0.0) -> None:
+        """The request is done; `execution_ms` is charged to the user's combined execution time."""
         self.active[user] -= 1
+        if execution_ms > 0:
+            self.executed[user].append((time.monotonic(), execution_ms))
+            self.executed_ms[user] += execution_ms
 
 
 class Dataverse:
@@ -175,6 +212,7 @@ class Dataverse:
         self.stats = stats
         self.definitions = EntityDefinitions(list(store.entities.values()))
         self.tokens_expired_at = 0.0  # delta tokens issued at or before this time are refused (stand-in switch)
+        self.operations = 0  # of the request being handled: its own, its $batch parts', its bulk records'
         # Row versions written by /_standin/raw-write: change tracking does not show them (drift it never saw).
         store.execute(
             "CREATE TABLE IF NOT EXISTS __untracked (entity TEXT NOT NULL, id TEXT NOT NULL COLLATE NOCASE,"
@@ -203,6 +241,8 @@ class Dataverse:
 
     def route(self, req: ODataRequest) -> ODataResponse:
         path = req.path.strip("/")
+        if path != "$batch":  # (a $batch's parts each come through here)
+            self.operations += 1
         if path == "":
             sets = [{"name": e.name, "kind": "EntitySet", "url": e.name} for e in self.store.entities.values()]
             return json_response(200, {"@odata.context": f"{req.service_root}$metadata", "value": sets})
@@ -712,6 +752,7 @@ class Dataverse:
         if not isinstance(targets, list) or not targets:
             raise DataverseError(400, "The parameter 'Targets' must be a non-empty collection of records.", INVALID_ARG)
         method = "POST" if action == "create" else "PATCH"
+        self.operations += len(targets) - 1  # (the request itself counted one)
         for _ in targets:  # one request, a write per record (as inside a $batch)
             self.stats.count_write(req.caller.client_id, method)
         odata_type = f"Microsoft.Dynamics.CRM.{entity.logical_name}"
@@ -816,7 +857,10 @@ def create_app(settings: Settings) -> Starlette:
         seed.seed_dataverse(store)
     stats = Stats()
     service = Dataverse(settings, store, stats)
-    protection = ServiceProtection(settings.max_requests, settings.window_s, settings.max_concurrent)
+    protection = ServiceProtection(
+        settings.max_requests, settings.window_s, settings.max_concurrent, settings.max_execution_ms
+    )
+    dop_hint = {"x-ms-dop-hint": str(settings.dop_hint)}
 
     async def api(request: Request) -> Response:
         stats.requests += 1
@@ -834,14 +878,21 @@ def create_app(settings: Settings) -> Starlette:
         denied = protection.admit(identity.object_id)
         if denied is not None:
             stats.throttled[identity.client_id] += 1
+            denied.headers.update(dop_hint)
             return to_starlette(denied)
+        execution_ms = 0.0
         try:
             if settings.latency_s:
                 await asyncio.sleep(settings.latency_s)
             req = await read_request(request, BASE_PATH, identity)
-            return to_starlette(service.handle(req))
+            started = time.perf_counter()
+            service.operations = 0  # (handle() runs to its end without awaiting: no other request counts here)
+            answer = service.handle(req)
+            execution_ms = (time.perf_counter() - started) * 1000 + settings.operation_cost_ms * service.operations
+            answer.headers.update(dop_hint)
+            return to_starlette(answer)
         finally:
-            protection.release(identity.object_id)
+            protection.release(identity.object_id, execution_ms)
 
     async def stats_endpoint(request: Request) -> Response:
         return JSONResponse(stats.as_json())

@@ -490,6 +490,48 @@ def test_concurrency_limit_answers_429(start: Callable[..., httpx.Client]) -> No
     assert error(throttled)[0] == "0x80072326" and throttled.headers["Retry-After"]
 
 
+def test_execution_time_limit_charges_each_operation_and_answers_429_with_retry_after(
+    start: Callable[..., httpx.Client],
+) -> None:
+    # 100 ms per operation, 1,000 ms per 60 s: a $batch of 4 parts and a bulk message of 5 records use it up.
+    dv = start(max_execution_ms=1000, operation_cost_ms=100, window_s=60)
+    cid = company(dv)
+    parts = batch([part("GET", "accounts")] * 4)
+    answer = dv.post("$batch", content=parts, headers={"Content-Type": "multipart/mixed; boundary=batch_x"})
+    assert answer.status_code == 200 and answer.headers["x-ms-dop-hint"] == "4"
+    targets = [
+        {
+            "@odata.type": "Microsoft.Dynamics.CRM.account",
+            "accountnumber": f"EX-{i}",
+            "name": f"Ex {i}",
+            "msdyn_company@odata.bind": f"/cdm_companies({cid})",
+        }
+        for i in range(5)
+    ]
+    assert dv.post("accounts/Microsoft.Dynamics.CRM.CreateMultiple", json={"Targets": targets}).status_code == 200
+    # 1 (the company read) + 4 + 5 operations = 1,000 ms and more (their own time too): the next is refused
+    throttled = dv.get("WhoAmI")
+    assert throttled.status_code == 429
+    assert 1 <= int(throttled.headers["Retry-After"]) <= 60 and throttled.headers["x-ms-dop-hint"] == "4"
+    assert error(throttled) == (
+        "0x80072321",
+        "Combined execution time of incoming requests exceeded limit of 1,000 milliseconds over time window of "
+        "60 seconds. Decrease number of concurrent requests or reduce the duration of requests and try again later.",
+    )
+    # another application user has its own limits
+    other = httpx.Client(base_url=dv.base_url, headers={"Authorization": f"Bearer {token('someone-else')}"})
+    with other:
+        assert other.get("WhoAmI").status_code == 200
+
+
+def test_execution_time_charged_leaves_the_window_and_requests_run_again(start: Callable[..., httpx.Client]) -> None:
+    dv = start(max_execution_ms=250, operation_cost_ms=100, window_s=1.5)
+    assert [dv.get("WhoAmI").status_code for _ in range(3)] == [200, 200, 200]
+    assert dv.get("WhoAmI").status_code == 429
+    time.sleep(1.6)
+    assert dv.get("WhoAmI").status_code == 200
+
+
 # -- scale ------------------------------------------------------------------------------------------------------------
 def test_key_reads_stay_fast_with_100k_rows() -> None:
     store = Store(":memory:", (ACCOUNTS,))

@@ -24,6 +24,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
+from consumers import lanes
 from consumers.apply import Applier, Change, state_key
 from consumers.target import Target
 from dualwrite import checkpoints, dlq, kafka, metrics
@@ -262,6 +263,7 @@ class ConsumerLoop:
             for source in ("fo", "dataverse")
         }
         self._stop = threading.Event()
+        self.lanes = lanes.Lanes(cfg.consumer.lanes)
         self.gate = PartitionGate()
         self._retries: dict[tuple[str, int, int], _Retry] = {}
         self._pauses_checked = 0.0
@@ -300,6 +302,7 @@ class ConsumerLoop:
                 for s in self.status.values():
                     s.tick()
         finally:
+            self.lanes.close()
             self.control.stop()
             for s in self.status.values():
                 s.tick(force=True)
@@ -462,11 +465,7 @@ class ConsumerLoop:
             if not runs:
                 break
             changes = [run[-1].change for _, run in runs if run[-1].change is not None]
-            try:
-                self.applier.apply(changes)
-            except DualWriteError as exc:  # a store or target that raises instead of answering per change
-                for c in changes:
-                    c.error, c.outcome, c.declined = exc, None, False
+            self.lanes.run(self._lane_parts(changes), self._apply_part)
             for key, run in runs:
                 newest = run[-1].change
                 assert newest is not None
@@ -487,6 +486,23 @@ class ConsumerLoop:
             if it.change is not None and it.outcome is None and it.error is None:
                 it.error = RetryableError("not applied: an earlier change of its partition is retried")
         self._observe_latency(items, time.monotonic() - started)
+
+    def _lane_parts(self, changes: list[Change]) -> list[list[Change]]:
+        """The round's parts for the write lanes: one part while the request budget makes requests wait (each
+        lane sends requests of its own, and then fewer, fuller ones are what the budget needs)."""
+        cc = self.cfg.consumer
+        width = 1 if self.budget is not None and self.budget.wait_s(cc.lanes) > 0 else cc.lanes
+        parts = lanes.split(changes, lambda c: c.partition, width, cc.lane_min_records)
+        metrics.WRITE_LANES.observe(len(parts))
+        return parts
+
+    def _apply_part(self, changes: list[Change]) -> None:
+        """One lane's part of a round (whole partitions: see consumers/lanes.py)."""
+        try:
+            self.applier.apply(changes)
+        except DualWriteError as exc:  # a store or target that raises instead of answering per change
+            for c in changes:
+                c.error, c.outcome, c.declined = exc, None, False
 
     def _observe_latency(self, items: list[_Item], seconds: float) -> None:
         now = time.time()

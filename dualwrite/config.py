@@ -326,6 +326,19 @@ class ConsumerConfig(_Section):
         "as data is there; tansu also stops filling a fetch of many partitions at this bound, so below ~100 ms "
         "a backlog behind ~150 partitions arrives at a few records per second.",
     )
+    lanes: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Write lanes: a round's changes are split by partition (so one record's changes keep their "
+        "order) into up to this many parts, written concurrently; each lane sends its own requests.",
+    )
+    lane_min_records: int = Field(
+        default=50,
+        ge=1,
+        description="A round is split only into lanes of at least this many changes: a small round stays one "
+        "request, so lanes cost no requests at low load.",
+    )
     retry: RetryConfig = RetryConfig()
     state_dir: Path = Field(
         default=Path(".dualwrite/state"),

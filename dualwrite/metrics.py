@@ -113,6 +113,12 @@ DATAVERSE_REQUESTS = Counter(
     ["component"],
     registry=REGISTRY,
 )
+WRITE_LANES = Histogram(
+    "dualwrite_consumer_write_lanes",
+    "Write lanes one round of changes was split into (consumer.lanes; one while the round is small or the "
+    "request budget makes requests wait).",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 BUDGET_WAIT = Counter(
     "dualwrite_request_budget_wait_seconds_total",
     "Time spent waiting to stay within the component's share of the Dataverse request limit "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -222,9 +223,10 @@ class StateStore:
     `directory`, backed by the compacted changelog topic `<prefix>.state` (one changelog partition per
     map-topic partition: a record's state lives in the partition number its change events have).
 
-    Not thread-safe: one consumer thread calls it, including from its rebalance callbacks. Each directory
-    belongs to one store at a time (its files are locked while assigned). After a failed put, the next call on
-    its partitions first reads back what reached the changelog (RetryableError when it cannot).
+    Threads: `get_many` and `put` may run at once for distinct partitions (the consumer's write lanes, each
+    owning whole partitions); all else comes from the one consumer thread, its rebalance callbacks included.
+    Each directory belongs to one store at a time (its files are locked while assigned). After a failed put,
+    the next call on its partitions first reads back what reached the changelog (RetryableError when it cannot).
     """
 
     def __init__(self, cfg: KafkaConfig, directory: Path, *, timeout_s: float = 30.0) -> None:
@@ -236,6 +238,7 @@ class StateStore:
         self.restored: dict[int, int] = {}
         directory.mkdir(parents=True, exist_ok=True)
         self._producer = kafka.producer(cfg)
+        self._restoring = threading.RLock()  # see _restore
         self._reader: Consumer | None = None
         self._files: dict[int, _File] = {}
         self._behind: set[int] = set()  # a failed put may have reached the changelog: read it back before use
@@ -430,7 +433,12 @@ class StateStore:
 
     def _restore(self, partitions: list[int], claim: bool) -> None:
         """Apply to each partition's file the changelog records after its offset, up to a fresh fence (a claim
-        on assignment). A read-back that meets another store's claim marks the partition lost."""
+        on assignment). A read-back that meets another store's claim marks the partition lost. One at a time:
+        the consumer's write lanes (each with partitions of its own) share the store's reader."""
+        with self._restoring:
+            self._restore_now(partitions, claim)
+
+    def _restore_now(self, partitions: list[int], claim: bool) -> None:
         started = time.time()
         ends = self._fences(partitions, claim)
         try:

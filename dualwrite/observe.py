@@ -10,21 +10,28 @@ from typing import Any
 from dualwrite.envelope import ChangeEvent, Op
 from dualwrite.mapping import as_datetime, normalize, translate
 from dualwrite.merge import Observed, digest
-from dualwrite.tablemap import FieldMap, TableMap
+from dualwrite.tablemap import FieldMap, TableMap, derived
 
 _NUMERIC = frozenset({"long", "int", "decimal", "double", "float"})
 _VERSION = re.compile(r'^(?:W/)?"?(\d+)"?$')
 
 
 def pairs(m: TableMap) -> dict[str, FieldMap]:
-    """The map's field pairs that are not part of the record's identity, by name (the F&O field)."""
-    keys = {*m.fo.key, m.fo.company_field}
-    return {f.fo: f for f in m.fields if f.fo and f.dataverse and f.fo not in keys}
+    """The map's field pairs that are not part of the record's identity, by name (the F&O field). Shared:
+    never mutate it."""
+
+    def build() -> dict[str, FieldMap]:
+        keys = {*m.fo.key, m.fo.company_field}
+        return {f.fo: f for f in m.fields if f.fo and f.dataverse and f.fo not in keys}
+
+    return derived(m, "pairs", build)
 
 
 def carried(m: TableMap, towards: str) -> frozenset[str]:
     """The pairs the map writes towards a side ('fo' or 'dataverse')."""
-    return frozenset(name for name, f in pairs(m).items() if f.dir.carries(towards))
+    return derived(
+        m, f"carried {towards}", lambda: frozenset(n for n, f in pairs(m).items() if f.dir.carries(towards))
+    )
 
 
 def version_of(text: Any) -> int | None:

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dualwrite.errors import ConfigError
+
+_T = TypeVar("_T")
+_DERIVED: dict[tuple[int, str], tuple[Any, Any]] = {}
+
+
+def derived(m: Any, what: str, build: Callable[[], _T]) -> _T:
+    """A value derived from a table map alone (maps are frozen), built once per map instead of per record:
+    the consumer asks for a map's field pairs several times for every change. Never mutate what it returns."""
+    hit = _DERIVED.get((id(m), what))
+    if hit is not None and hit[0] is m:
+        value: _T = hit[1]
+        return value
+    value = build()
+    _DERIVED[(id(m), what)] = (m, value)
+    return value
 
 
 class Direction(StrEnum):
@@ -189,7 +205,7 @@ class TableMap(_Strict):
         return any(f.dir.carries(side) for f in self.fields if (f.fo if side == "fo" else f.dataverse))
 
     def fields_towards(self, side: str) -> list[FieldMap]:
-        return [f for f in self.fields if f.dir.carries(side)]
+        return derived(self, f"towards {side}", lambda: [f for f in self.fields if f.dir.carries(side)])
 
     def depends_on(self) -> set[str]:
         """Maps whose rows this map's rows refer to (lookups), besides the companies map."""

@@ -58,6 +58,13 @@ class Change:
     # (`merge.coalesce`); `declined` when it could not: the caller then applies them one at a time.
     earlier: list[Change] = field(default_factory=list)
     declined: bool = False
+    mapped: TargetWrite | None = None  # `map_event(map, event)`, when the caller worked it out already
+
+    def target_write(self) -> TargetWrite | None:
+        """The event mapped to the target (once: the loop's filter check maps it too)."""
+        if self.mapped is None:
+            self.mapped = map_event(self.map, self.event)
+        return self.mapped
 
     @property
     def state_key(self) -> str:
@@ -390,7 +397,7 @@ class Applier:
         if p.target == "delete":
             change = TargetWrite(m.name, w.ev.origin.side.other, "delete", w.ev.company, dict(w.key(b)[1]))
             return Write(m, "delete", change, p.if_match, row_id)
-        mapped = map_event(m, w.ev)
+        mapped = w.change.target_write() if w.ev is w.change.event else map_event(m, w.ev)
         if mapped is None:
             raise MissingReferenceError(f"{w.change.state_key}: the source row no longer passes the map's filter")
         if p.target == "create":

@@ -42,7 +42,6 @@ from dualwrite.errors import (
     RetryableError,
     ThrottledError,
 )
-from dualwrite.mapping import map_event
 from dualwrite.registry import EventDeserializer
 from dualwrite.status import StatusPublisher
 from dualwrite.tablemap import TableMap
@@ -421,11 +420,12 @@ class ConsumerLoop:
         try:
             value = self.deserialize(it.msg.topic() or "", it.msg.value())
             event = ChangeEvent.from_avro(value)
-            if map_event(it.map, event) is None:
+            repair = REPAIR_HEADER in dict(it.msg.headers() or [])
+            change = Change(it.map, event, it.msg.partition() or 0, repair=repair)
+            if change.target_write() is None:
                 it.outcome = "filtered"
                 return
-            repair = REPAIR_HEADER in dict(it.msg.headers() or [])
-            it.change = Change(it.map, event, it.msg.partition() or 0, repair=repair)
+            it.change = change
         except PermanentError as exc:
             it.error = exc
         except (KeyError, ValueError, TypeError) as exc:

@@ -31,6 +31,23 @@ def split(changes: Sequence[T], partition: Callable[[T], int], lanes: int, min_r
     return [p for p in parts if p]
 
 
+class Width:
+    """How many lanes the next round may use, adaptively: it starts at one, grows by one per round that met
+    no throttling, up to `most` and to the service's own hint (Dataverse's `x-ms-dop-hint`), and halves
+    when a round was throttled (a 429 of any limit, the concurrency one included)."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.now = 1.0
+
+    def allowed(self, hint: int | None = None) -> int:
+        cap = self.most if hint is None or hint < 1 else min(self.most, hint)
+        return max(1, min(cap, int(self.now)))
+
+    def after_round(self, throttled: bool) -> None:
+        self.now = max(1.0, self.now / 2) if throttled else min(float(self.most), self.now + 1)
+
+
 class Lanes:
     """Runs a round's parts concurrently (the first in the calling thread)."""
 

@@ -263,6 +263,7 @@ class ConsumerLoop:
         }
         self._stop = threading.Event()
         self.lanes = lanes.Lanes(cfg.consumer.lanes)
+        self.width = lanes.Width(cfg.consumer.lanes)  # the lanes a round may use now (adaptive)
         self.gate = PartitionGate()
         self._retries: dict[tuple[str, int, int], _Retry] = {}
         self._pauses_checked = 0.0
@@ -466,6 +467,7 @@ class ConsumerLoop:
                 break
             changes = [run[-1].change for _, run in runs if run[-1].change is not None]
             self.lanes.run(self._lane_parts(changes), self._apply_part)
+            self.width.after_round(any(isinstance(c.error, ThrottledError) for c in changes))
             for key, run in runs:
                 newest = run[-1].change
                 assert newest is not None
@@ -488,10 +490,14 @@ class ConsumerLoop:
         self._observe_latency(items, time.monotonic() - started)
 
     def _lane_parts(self, changes: list[Change]) -> list[list[Change]]:
-        """The round's parts for the write lanes: one part while the request budget makes requests wait (each
-        lane sends requests of its own, and then fewer, fuller ones are what the budget needs)."""
+        """The round's parts for the write lanes: as many as `self.width` allows now (see `lanes.Width`), one
+        while the request budget makes requests wait (each lane sends requests of its own, and then fewer,
+        fuller ones are what the budget needs)."""
         cc = self.cfg.consumer
-        width = 1 if self.budget is not None and self.budget.wait_s(cc.lanes) > 0 else cc.lanes
+        target = self.targets.get("dataverse")
+        width = self.width.allowed(getattr(getattr(target, "client", None), "dop_hint", None))
+        if self.budget is not None and self.budget.wait_s(width) > 0:
+            width = 1
         parts = lanes.split(changes, lambda c: c.partition, width, cc.lane_min_records)
         metrics.WRITE_LANES.observe(len(parts))
         return parts

@@ -125,12 +125,19 @@ class DataverseClient:
         def count(_: httpx.Request) -> None:
             counter.inc()
 
+        self.dop_hint: int | None = None  # the degree of parallelism Dataverse's last answer suggested
+
+        def hint(response: httpx.Response) -> None:
+            value = response.headers.get("x-ms-dop-hint")
+            if value is not None and value.strip().isdigit():
+                self.dop_hint = int(value)
+
         self.http = httpx.Client(
             auth=self.users,
             timeout=cfg.timeout_s,
             headers={"Accept": "application/json", "OData-Version": "4.0", "OData-MaxVersion": "4.0"},
             limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
-            event_hooks={"request": [count]},
+            event_hooks={"request": [count], "response": [hint]},
         )
 
     def close(self) -> None:

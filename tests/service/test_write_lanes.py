@@ -10,7 +10,11 @@ import httpx
 import pytest
 
 from dualwrite import metrics
-from wiring.stack import LocalStack, eventually
+from dualwrite.config import DataverseConfig
+from dualwrite.dataverse import DataverseClient
+from standins import dataverse, token
+from standins.server import BackgroundServer
+from wiring.stack import CLIENT_ID, CLIENT_SECRET, TENANT, LocalStack, eventually
 from wiring.stack import dv_account as account
 
 pytestmark = pytest.mark.service
@@ -75,3 +79,21 @@ def test_a_backlog_is_written_in_lanes_and_arrives_whole(
     after = stack.stats("dataverse")["writes"].get(me, {})
     assert after.get("POST", 0) - before.get("POST", 0) == N
     assert after.get("PATCH", 0) - before.get("PATCH", 0) == 0
+
+
+def test_the_client_keeps_the_parallelism_dataverse_suggests() -> None:
+    tokens = BackgroundServer(token.create_app({CLIENT_ID: CLIENT_SECRET})).start()
+    server = BackgroundServer(dataverse.create_app(dataverse.Settings(seed=True, dop_hint=3))).start()
+    try:
+        auth = {"token_url": f"{tokens.url}/{TENANT}/oauth2/v2.0/token", "client_id": CLIENT_ID}
+        cfg = DataverseConfig.model_validate({"url": server.url, "auth": {**auth, "client_secret": CLIENT_SECRET}})
+        client = DataverseClient(cfg)
+        try:
+            assert client.dop_hint is None
+            client.whoami()
+            assert client.dop_hint == 3  # the lanes towards Dataverse are capped by it (lanes.Width.allowed)
+        finally:
+            client.close()
+    finally:
+        server.stop()
+        tokens.stop()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumers.lanes import Lanes, split
+from consumers.lanes import Lanes, Width, split
 
 
 @given(
@@ -66,3 +66,19 @@ def test_lanes_run_at_once_and_the_first_error_is_raised_after_all_finished() ->
         lanes.close()
     assert peak[0] == 3
     assert sorted(done) == [0, 0, 1, 2, 2, 3, 5]  # the failing round still waited for every lane
+
+
+def test_width_starts_at_one_grows_per_calm_round_to_the_hint_and_halves_when_throttled() -> None:
+    w = Width(8)
+    assert w.allowed() == 1
+    for _ in range(3):
+        w.after_round(throttled=False)
+    assert w.allowed() == 4 and w.allowed(hint=2) == 2 and w.allowed(hint=0) == 4
+    for _ in range(10):
+        w.after_round(throttled=False)
+    assert w.allowed() == 8  # never above consumer.lanes
+    w.after_round(throttled=True)
+    assert w.allowed() == 4
+    for _ in range(5):
+        w.after_round(throttled=True)
+    assert w.allowed() == 1  # never below one

@@ -514,6 +514,20 @@ def dv_account(dv: httpx.Client, number: str, company: str = "usmf") -> dict[str
     return dv_one(dv, "accounts", f"accountnumber eq '{number}' and _msdyn_company_value eq {cid}") if cid else None
 
 
+def fo_create_customer(fo: httpx.Client, number: str, name: str | None = None, company: str = "usmf") -> None:
+    """Make an organization customer in F&O as a person would (group 30, USD); asserts it was created."""
+    body = {
+        "dataAreaId": company,
+        "CustomerAccount": number,
+        "OrganizationName": name or f"Org {number}",
+        "CustomerGroupId": "30",
+        "SalesCurrencyCode": "USD",
+        "PartyType": "Organization",
+    }
+    resp = fo.post("CustomersV3", json=body)
+    assert resp.status_code == 201, resp.text
+
+
 def fo_customer(fo: httpx.Client, number: str, company: str = "usmf") -> dict[str, Any] | None:
     """The F&O CustomersV3 row of a customer number in a company, or None."""
     resp = fo.get(f"CustomersV3(dataAreaId='{company}',CustomerAccount='{number}')")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from dualwrite import dlq, kafka
-from wiring.stack import LocalStack, dv_company_id, dv_one, eventually
+from wiring.stack import LocalStack, dv_company_id, dv_one, eventually, fo_create_customer
 
 pytestmark = pytest.mark.service
 
@@ -63,15 +63,7 @@ def account(dv: httpx.Client, number: str) -> dict[str, Any] | None:
 def create_customers(fo: httpx.Client, prefix: str, n: int) -> list[str]:
     numbers = [f"{prefix}{i}" for i in range(n)]
     for number in numbers:
-        body = {
-            "dataAreaId": "usmf",
-            "CustomerAccount": number,
-            "OrganizationName": f"Org {number}",
-            "CustomerGroupId": "30",
-            "SalesCurrencyCode": "USD",
-            "PartyType": "Organization",
-        }
-        assert fo.post("CustomersV3", json=body).status_code == 201
+        fo_create_customer(fo, number)
     return numbers
 
 

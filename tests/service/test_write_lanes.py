@@ -14,7 +14,7 @@ from dualwrite.config import DataverseConfig
 from dualwrite.dataverse import DataverseClient
 from standins import dataverse, token
 from standins.server import BackgroundServer
-from wiring.stack import CLIENT_ID, CLIENT_SECRET, TENANT, LocalStack, eventually
+from wiring.stack import CLIENT_ID, CLIENT_SECRET, TENANT, LocalStack, eventually, fo_create_customer
 from wiring.stack import dv_account as account
 
 pytestmark = pytest.mark.service
@@ -54,15 +54,7 @@ def test_a_backlog_is_written_in_lanes_and_arrives_whole(
     stack.stop_components(("consumer",))  # the changes wait in Kafka: one backlog, big rounds
     numbers = [f"US-L{i:04d}" for i in range(N)]
     for number in numbers:
-        body = {
-            "dataAreaId": "usmf",
-            "CustomerAccount": number,
-            "OrganizationName": f"Lane {number}",
-            "CustomerGroupId": "30",
-            "SalesCurrencyCode": "USD",
-            "PartyType": "Organization",
-        }
-        assert fo.post("CustomersV3", json=body).status_code == 201
+        fo_create_customer(fo, number, f"Lane {number}")
     _, split_before = lanes_observed()
     me = stack.cfg.dataverse.auth.client_id
     before = dict(stack.stats("dataverse")["writes"].get(me, {}))

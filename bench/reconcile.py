@@ -19,15 +19,20 @@ from typing import Any
 
 import yaml
 
+from schemas.catalogue import load_catalogue
 from standins import fo as fo_standin
 from standins import seed
+from standins.store import Store
 from wiring.initial_sync import InitialSync, MapProgress
 from wiring.stack import LocalStack
 
 
 def load_customers(stack: LocalStack, start: int, end: int) -> None:
     """Customers number `start` to `end` (exclusive), half in each company, straight into the F&O stand-in."""
-    store = stack.servers["fo"].server.server.config.app.state.store  # type: ignore[attr-defined]
+    if stack.processes:  # the stand-in is a process of its own: its SQLite file, opened here too
+        store = Store(stack.settings["fo"]["db_path"], load_catalogue(None).entities("fo"))
+    else:
+        store = stack.servers["fo"].server.server.config.app.state.store  # type: ignore[attr-defined]
     entity = store.entity("CustomersV3")
     rows: list[dict[str, Any]] = []
     for i in range(start, end):
@@ -41,6 +46,8 @@ def load_customers(stack: LocalStack, start: int, end: int) -> None:
             rows = []
     if rows:
         store.insert_many(entity, rows, seed.SYSTEM_USER)
+    if stack.processes:
+        store.conn.close()
 
 
 def initial_sync(stack: LocalStack, names: list[str] | None) -> None:
@@ -120,8 +127,10 @@ def run(sizes: list[int]) -> None:
                     flush=True,
                 )
             print()
-            print(f"{'customers':>10} {'F&O rows':>10} {'DV rows':>10} {'equal':>10} {'drift':>6} {'seconds':>8} "
-                  f"{'rows/s':>8} {'peak RSS MiB':>13} {'F&O req':>8} {'DV req':>7}")
+            print(
+                f"{'customers':>10} {'F&O rows':>10} {'DV rows':>10} {'equal':>10} {'drift':>6} {'seconds':>8} "
+                f"{'rows/s':>8} {'peak RSS MiB':>13} {'F&O req':>8} {'DV req':>7}"
+            )
             for size, c, seconds, rss, req in results:
                 print(
                     f"{size:>10,} {c['fo_rows']:>10,} {c['dataverse_rows']:>10,} {c['equal']:>10,} {c['drift']:>6,} "

@@ -11,11 +11,17 @@ The stand-ins, the broker and the components run as their own processes (`LocalS
   being in the target's database, watched every 20 ms), target requests per record (every request the
   target stand-in answered meanwhile: only dualwrite's components call it then).
 
-The events enter at the map topic (as both producers publish them), so the producers' own paths (F&O
-data events, change-tracking polls) are not part of these figures. The Dataverse stand-in's request
-limit is raised out of the way here (bench/soak.py measures against it).
+- throttled: F&O -> Dataverse as fast as possible against the Dataverse stand-in enforcing the
+  documented per-user limits (requests, combined execution time with a cost per record, concurrency),
+  scaled down in time: records/s against the rate those limits allow, with records lost, dead-lettered
+  and the 429s met (a stack of its own, see `throttled`).
 
-    .venv/bin/python bench/throughput.py                 # about 3 minutes
+The events enter at the map topic (as both producers publish them), so the producers' own paths (F&O
+data events, change-tracking polls) are not part of these figures. In the live runs the Dataverse
+stand-in's limits are raised out of the way (bench/soak.py and the throttled run measure against them).
+
+    .venv/bin/python bench/throughput.py                 # about 6 minutes
+    .venv/bin/python bench/throughput.py --only throttled --op-cost-ms 20 --throttled-window-s 30
     .venv/bin/python bench/throughput.py --json throughput.json --seconds 10 --max-records 20000
 """
 
@@ -39,14 +45,15 @@ from confluent_kafka.admin import NewTopic
 
 import schemas
 from dualwrite import kafka, odata, registry
-from dualwrite.dataverse import DataverseClient, LookupCache
+from dualwrite.dataverse import MAX_BULK, DataverseClient, LookupCache
 from dualwrite.envelope import ChangeEvent, Op, Origin, Side, record_key
 from dualwrite.publish import Publisher
 from dualwrite.rows import resolve_lookups, select_columns, snapshot_event, source_row
 from dualwrite.tablemap import TableMap
 from standins import seed
 from standins.token import DEFAULT_SIGNING_KEY, issue_token
-from wiring.stack import TENANT, LocalStack, eventually
+from wiring.reconcile import dead_lettered_keys
+from wiring.stack import CLIENT_ID, TENANT, LocalStack, eventually
 
 COMPANY = "usmf"
 LOADS = (100.0, 1000.0)
@@ -212,8 +219,11 @@ def ceiling_b_fo(stack: LocalStack, n: int) -> float:
 
 
 # -- live sync ------------------------------------------------------------------------------------------------
-def live(stack: LocalStack, events: Events, side: str, rate: float | None, n: int, tag: str) -> dict[str, Any]:
-    """Publish `n` new customers' events of `side` at `rate` per second (None: as fast as acknowledged)."""
+def publish_watched(
+    stack: LocalStack, events: Events, side: str, rate: float | None, n: int, tag: str, timeout_s: float = 120.0
+) -> tuple[float, dict[str, float], dict[str, float], int]:
+    """Publish `n` new customers' events of `side` at `rate` per second (None: as fast as acknowledged) and
+    wait until all are in the target: (start, publish time per key, first-seen time per key, target requests)."""
     towards = "dataverse" if side == "fo" else "fo"
     prefix = f"L{tag}-"
     evs = events.make(side, prefix, n)
@@ -231,22 +241,36 @@ def live(stack: LocalStack, events: Events, side: str, rate: float | None, n: in
         events.pub[side].publish(group)
         for ev in group:
             sent[ev.key.split("|", 1)[1]] = t
-    offered_s = time.perf_counter() - start
     try:
-        eventually(lambda: len(watch.seen) >= n, timeout_s=120, interval_s=0.1, what=f"{n} rows in {towards}")
+        eventually(lambda: len(watch.seen) >= n, timeout_s=timeout_s, interval_s=0.1, what=f"{n} rows in {towards}")
     finally:
         watch.stop()
-    after = stack.stats(towards)["requests"]
-    lat = [watch.seen[k] - t for k, t in sent.items() if k in watch.seen]
-    span = max(watch.seen.values()) - start
+    return start, sent, watch.seen, stack.stats(towards)["requests"] - before
+
+
+def live(stack: LocalStack, events: Events, side: str, rate: float | None, n: int, tag: str) -> dict[str, Any]:
+    """Records/s, p50/p99 change-to-visible and target requests per record of `n` changes offered at `rate`."""
+    start, sent, seen, requests = publish_watched(stack, events, side, rate, n, tag)
+    offered_s = max(sent.values()) - start
+    lat = [seen[k] - t for k, t in sent.items() if k in seen]
+    span = max(seen.values()) - start
     return {
-        "offered_per_s": rate if rate is not None else round(n / offered_s),
+        "offered_per_s": rate if rate is not None else round(n / max(offered_s, 1e-3)),
         "records": n,
         "records_per_s": round(n / span, 1),
         "p50_ms": round(_pct(lat, 0.5) * 1000),
         "p99_ms": round(_pct(lat, 0.99) * 1000),
-        "target_requests_per_record": round((after - before) / n, 4),
+        "target_requests_per_record": round(requests / n, 4),
     }
+
+
+def _seed_synced(stack: LocalStack) -> None:
+    with stack.user_client("dataverse", "bench-watcher") as dv:
+        eventually(
+            lambda: dv.get("accounts", params={"$filter": "accountnumber eq 'US-001'"}).json()["value"],
+            timeout_s=120, interval_s=0.5, what="the seed synced",
+        )  # fmt: skip
+    stack.settle(120)
 
 
 def run(seconds: float, max_records: int, ceiling_records: int) -> dict[str, Any]:
@@ -258,12 +282,7 @@ def run(seconds: float, max_records: int, ceiling_records: int) -> dict[str, Any
             dataverse={"budget": {"requests": 10**7}},
         )
         try:
-            with stack.user_client("dataverse", "bench-watcher") as dv:
-                eventually(
-                    lambda: dv.get("accounts", params={"$filter": "accountnumber eq 'US-001'"}).json()["value"],
-                    timeout_s=120, interval_s=0.5, what="the seed synced",
-                )  # fmt: skip
-            stack.settle(120)
+            _seed_synced(stack)
             events = Events(stack)
             try:
                 return _measure(stack, events, seconds, max_records, ceiling_records)
@@ -308,31 +327,127 @@ def _measure(
     return out
 
 
+# -- against the service-protection limits -------------------------------------------------------------------
+def throttled(window_s: float, cost_ms: float, windows: int) -> dict[str, Any]:
+    """F&O -> Dataverse against the Dataverse stand-in enforcing the documented per-user limits scaled to a
+    `window_s` window (6,000 requests and 1,200,000 ms of execution per 300 s, same rates; 52 concurrent),
+    each created record charged `cost_ms` of execution time. The limit-allowed rate is the lower of the
+    execution time per second over `cost_ms` and the requests per second times the records one
+    CreateMultiple carries. The first window is the limit's burst (an empty window takes a whole window's
+    worth at once), so records/s is measured over the `windows` windows after it, while the backlog lasts;
+    the components (one application user, default shares) start `window_s` before, their start-up out of
+    the window."""
+    scale = window_s / 300
+    max_requests = max(1, round(6000 * scale))
+    max_execution_ms = 1_200_000 * scale
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = LocalStack.start(
+            Path(tmp),
+            processes=True,
+            dataverse_settings={
+                "window_s": window_s,
+                "max_requests": max_requests,
+                "max_execution_ms": max_execution_ms,
+                "operation_cost_ms": cost_ms,
+            },
+            dataverse={"budget": {"requests": max_requests, "window_s": window_s}},
+        )
+        try:
+            _seed_synced(stack)
+            per_request = min(MAX_BULK, stack.cfg.consumer.batch_size)
+            allowed = min(max_execution_ms / window_s / cost_ms, max_requests / window_s * per_request)
+            # The limit is checked before a request and charged after it: a window may end one request's
+            # charge over the limit, so the stand-in lets at most this through in the long run.
+            upper = (max_execution_ms + cost_ms * per_request) / window_s / cost_ms
+            n = int(max_execution_ms / cost_ms + allowed * (windows + 1.5) * window_s)
+            time.sleep(window_s)
+            events = Events(stack)
+            try:
+                before = stack.stats("dataverse")
+                start, _, seen, requests = publish_watched(
+                    stack, events, "fo", None, n, "thr", timeout_s=3 * n / allowed + 120
+                )
+                after = stack.stats("dataverse")
+            finally:
+                events.close()
+            # (the backlog lasts beyond t1 unless the sync beat the limit: then measured up to its end)
+            t0, t1 = start + window_s, min(start + (windows + 1) * window_s, max(seen.values()))
+            steady = sum(1 for t in seen.values() if t0 < t <= t1) / (t1 - t0)
+            topic = kafka.map_topics(stack.cfg.kafka.topic_prefix, events.m)["fo"]
+            dead = {k for k in dead_lettered_keys(stack.cfg, [topic]) if "lthr-" in k}
+            user = CLIENT_ID
+            executed = after.get("executed_ms", {}).get(user, 0.0) - before.get("executed_ms", {}).get(user, 0.0)
+            span = max(seen.values()) - start
+            return {
+                "window_s": window_s,
+                "max_requests": max_requests,
+                "max_execution_ms": max_execution_ms,
+                "operation_cost_ms": cost_ms,
+                "allowed_per_s": round(allowed, 1),
+                "allowed_with_overshoot_per_s": round(upper, 1),
+                "records": n,
+                "records_per_s": round(steady, 1),
+                "ratio_to_allowed": round(steady / allowed, 3),
+                "lost": n - len(seen),
+                "dead_lettered": len(dead),
+                "throttled_429s": after["throttled"].get(user, 0) - before["throttled"].get(user, 0),
+                "target_requests_per_record": round(requests / n, 4),
+                # of the most the limit lets through over the run: a window's worth at once, then its rate
+                "execution_used": round(executed / (max_execution_ms * (1 + span / window_s)), 3),
+            }
+        finally:
+            stack.stop()
+
+
 def table(out: dict[str, Any]) -> str:
-    lines = [
-        "ceiling A (broker pass-through, records/s): " + ", ".join(f"{s} {v}" for s, v in out["ceiling_a"].items()),
-        "ceiling B (target bulk writes, records/s):  " + ", ".join(f"{s} {v}" for s, v in out["ceiling_b"].items()),
-        "",
-        f"{'direction':20} {'offered/s':>9} {'records/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'req/rec':>8}",
-    ]
-    for name in ("fo_to_dataverse", "dataverse_to_fo"):
-        for r in out[name]["runs"]:
-            lines.append(
-                f"{name:20} {r['offered_per_s']:>9} {r['records_per_s']:>9} {r['ratio_to_ceiling']:>6} "
-                f"{r['p50_ms']:>7} {r['p99_ms']:>7} {r['target_requests_per_record']:>8}"
-            )
-        lines.append(f"{'':20} ceiling min(A, B) = {out[name]['ceiling']}")
+    lines: list[str] = []
+    if "ceiling_a" in out:
+        lines += [
+            "ceiling A (broker pass-through, records/s): " + ", ".join(f"{s} {v}" for s, v in out["ceiling_a"].items()),
+            "ceiling B (target bulk writes, records/s):  " + ", ".join(f"{s} {v}" for s, v in out["ceiling_b"].items()),
+            "",
+            f"{'direction':20} {'offered/s':>9} {'records/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} "
+            f"{'req/rec':>8}",
+        ]
+        for name in ("fo_to_dataverse", "dataverse_to_fo"):
+            for r in out[name]["runs"]:
+                lines.append(
+                    f"{name:20} {r['offered_per_s']:>9} {r['records_per_s']:>9} {r['ratio_to_ceiling']:>6} "
+                    f"{r['p50_ms']:>7} {r['p99_ms']:>7} {r['target_requests_per_record']:>8}"
+                )
+            lines.append(f"{'':20} ceiling min(A, B) = {out[name]['ceiling']}")
+    if "throttled" in out:
+        t = out["throttled"]
+        lines += [
+            "",
+            f"throttled F&O->Dataverse (limits per {t['window_s']:g} s: {t['max_requests']} requests, "
+            f"{t['max_execution_ms']:,.0f} ms execution, {t['operation_cost_ms']:g} ms per record):",
+            f"  allowed {t['allowed_per_s']} records/s (at most {t['allowed_with_overshoot_per_s']} with one "
+            "request's overshoot per window);",
+            f"  measured {t['records_per_s']} records/s "
+            f"(ratio {t['ratio_to_allowed']}); {t['records']} records, lost {t['lost']}, "
+            f"dead-lettered {t['dead_lettered']}, 429s {t['throttled_429s']}, "
+            f"requests/record {t['target_requests_per_record']}, execution limit used {t['execution_used']}",
+        ]
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=("all", "live", "throttled"), default="all")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of the 100/s and 1,000/s runs")
     ap.add_argument("--max-records", type=int, default=5000, help="records of the as-fast-as-possible run")
     ap.add_argument("--ceiling-records", type=int, default=10000)
+    ap.add_argument("--throttled-window-s", type=float, default=30.0, help="the limits' window, scaled from 300 s")
+    ap.add_argument("--op-cost-ms", type=float, default=20.0, help="execution time charged per record written")
+    ap.add_argument("--throttled-windows", type=int, default=3, help="windows measured after the burst one")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
-    out = run(args.seconds, args.max_records, args.ceiling_records)
+    out: dict[str, Any] = {}
+    if args.only in ("all", "live"):
+        out.update(run(args.seconds, args.max_records, args.ceiling_records))
+    if args.only in ("all", "throttled"):
+        out["throttled"] = throttled(args.throttled_window_s, args.op_cost_ms, args.throttled_windows)
     print(table(out))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")

@@ -893,6 +893,7 @@ def create_app(settings: Settings) -> Starlette:
             return to_starlette(answer)
         finally:
             protection.release(identity.object_id, execution_ms)
+            stats.executed_ms[identity.client_id] += execution_ms
 
     async def stats_endpoint(request: Request) -> Response:
         return JSONResponse(stats.as_json())

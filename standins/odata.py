@@ -520,6 +520,7 @@ class Stats:
         self.by_caller: dict[str, int] = defaultdict(int)  # requests per caller (client id), 429s included
         self.writes: dict[str, dict[str, int]] = defaultdict(lambda: {"POST": 0, "PATCH": 0, "DELETE": 0})
         self.throttled: dict[str, int] = defaultdict(int)  # 429s answered, per caller
+        self.executed_ms: dict[str, float] = defaultdict(float)  # execution time charged, per caller (Dataverse)
 
     def count_write(self, client_id: str, method: str) -> None:
         if method in self.WRITES:
@@ -532,6 +533,7 @@ class Stats:
             "requests": self.requests,
             "requests_by": dict(self.by_caller),
             "throttled": dict(self.throttled),
+            "executed_ms": {k: round(v, 1) for k, v in self.executed_ms.items()},
         }
 
 

@@ -10,7 +10,8 @@ changes), the producer polls less often. Nothing is refused here; a component th
 its share only waits longer next time, and a 429 from the service is still honoured on its own.
 
 When the service allows less than the configured share (another application shares the user, or the
-limit was lowered), a 429 also halves the rate (once per `Retry-After`, down to `MIN_FRACTION` of it);
+limit was lowered), a 429 of the request limit (`0x80072322`) also halves the rate (once per `Retry-After`,
+down to `MIN_FRACTION` of it);
 after the hold the rate grows back by `RAMP_PER_S` of the configured rate per second: additive
 increase, multiplicative decrease, so a component settles just under what the service allows instead
 of meeting a 429 at every window.
@@ -73,13 +74,16 @@ class RequestBudget:
             self._tokens -= n
             self.spent += n
 
-    def hold(self, seconds: float) -> None:
+    def hold(self, seconds: float, cut: bool = True) -> None:
         """The service answered 429 with `Retry-After`: nothing of this share goes out before then (the
-        consumer's other partitions and the producer's next poll would only be refused too)."""
+        consumer's other partitions and the producer's next poll would only be refused too). `cut`: the
+        429 was for the number of requests, so the rate is lowered too; a 429 of another limit (execution
+        time, concurrent requests) is not about how many requests go out: fewer would only leave what the
+        limit allows unused (the requests then wait to fill up while the service could take them)."""
         with self._lock:
             self._refill()
             now = self._clock()
-            if now >= self._held_until:  # (the other 429s of one burst say the same: one cut for them all)
+            if cut and now >= self._held_until:  # (the other 429s of one burst say the same: one cut for them all)
                 self.rate = max(self.max_rate * MIN_FRACTION, self.rate / 2)
                 self.cuts += 1
             self._held_until = max(self._held_until, now + seconds)

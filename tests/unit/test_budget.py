@@ -117,3 +117,44 @@ def test_a_429_halves_the_rate_once_per_retry_after_and_the_rate_grows_back_afte
         rates.append(b.rate)
     tail = rates[-1000:]
     assert limit / 2 <= sum(tail) / len(tail) <= limit * 1.5, sum(tail) / len(tail)
+
+
+def test_a_429_of_another_limit_holds_but_keeps_the_rate() -> None:
+    # Execution time or concurrency over its limit: wait as told, but sending fewer requests afterwards would
+    # only leave what the limit allows unused (the changes wait for the share instead of going out).
+    clock = Clock()
+    b = RequestBudget(6000, 300, share=0.5, headroom=0.9, clock=clock)
+    b.hold(2.0, cut=False)
+    assert b.wait_s() == pytest.approx(2.0)
+    assert b.rate == pytest.approx(9.0) and b.cuts == 0
+    clock.now += 2.0
+    assert b.wait_s() == 0
+
+
+@pytest.mark.parametrize(
+    ("code", "cut"),
+    [("0x80072322", True), ("0x80072321", False), ("0x80072326", False), (None, True)],
+)
+def test_the_pool_cuts_the_rate_only_for_the_request_limit(code: str | None, cut: bool) -> None:
+    import httpx
+
+    from dualwrite.dataverse import UserPool
+
+    class Token:
+        def token(self) -> str:
+            return "t"
+
+        def invalidate(self) -> None:
+            pass
+
+    b = RequestBudget(6000, 300, share=0.5, headroom=0.9, clock=Clock())
+    pool = UserPool([("auth", Token(), b)])  # type: ignore[list-item]
+    body = {"error": {"code": code, "message": "over a limit"}} if code else {"error": {"message": "over"}}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, json=body, headers={"Retry-After": "2"})
+
+    with httpx.Client(transport=httpx.MockTransport(answer), auth=pool) as c:
+        assert c.get("http://127.0.0.1/api/data/v9.2/accounts").status_code == 429
+    assert b.cuts == (1 if cut else 0)
+    assert b.wait_s() > 1.5  # held either way

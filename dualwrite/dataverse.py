@@ -59,16 +59,6 @@ def budget_of(cfg: DataverseConfig, component: str | None) -> RequestBudget | No
 NOT_REQUEST_LIMITS = ("0x80072321", "0x80072326")
 
 
-def _limit_code(response: httpx.Response) -> str | None:
-    """The error code of a 429's body (which service-protection limit it was), None when it has none."""
-    try:
-        error = response.json().get("error")
-    except (ValueError, AttributeError, httpx.ResponseNotRead):
-        return None
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, str) else None
-
-
 class UserPool(httpx.Auth):
     """The application users a client's requests go out as (`dataverse.auth`, then `more_users`): each request
     as the user whose budget lets it out soonest, the next one in turn among equals. Dataverse limits every user
@@ -119,7 +109,8 @@ class UserPool(httpx.Auth):
             request.headers["Authorization"] = f"Bearer {provider.token()}"
             response = yield request
         if response.status_code == 429 and budget is not None:
-            budget.hold(odata.retry_after(response.headers) or 1.0, cut=_limit_code(response) not in NOT_REQUEST_LIMITS)
+            _, code = odata.error_message(429, response.text)  # which limit it was
+            budget.hold(odata.retry_after(response.headers) or 1.0, cut=code not in NOT_REQUEST_LIMITS)
 
 
 def user_pool(cfg: DataverseConfig, url: str, component: str | None) -> UserPool:
